@@ -1,0 +1,270 @@
+//! Turns the bearer credential of a request into a [`Principal`]: the
+//! tenant it acts for, its scopes, and who it is for the audit log.
+//!
+//! API key records are cached for [`API_KEY_CACHE_TTL`] so the hot path
+//! does not touch the store on every request. A revocation takes effect at
+//! once on the node that performed it and within that TTL on other nodes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use plinth_core::config::{AuthConfig, AuthMode};
+use plinth_core::{Error, TenantId};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::api_key::{digest_secret, digests_match, parse_presented_key};
+use crate::jwt::JwtVerifier;
+use crate::scope::ScopeSet;
+use crate::store::{ApiKeyRecord, ControlStore};
+
+/// How long a looked-up key record is trusted before it is read again.
+pub const API_KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Cached key records kept at most; the cache is emptied when it fills, so
+/// a flood of unknown key ids cannot grow memory.
+const API_KEY_CACHE_CAPACITY: usize = 10_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialKind {
+    ApiKey,
+    Jwt,
+    BootstrapKey,
+    /// No credential, accepted because the server runs in dev mode.
+    DevMode,
+}
+
+/// Who is calling: the tenant every resource name is scoped to, the
+/// scopes, and an actor string for the audit log (never a secret).
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub tenant: TenantId,
+    pub scopes: ScopeSet,
+    pub actor: String,
+    pub kind: CredentialKind,
+}
+
+impl Principal {
+    /// `PermissionDenied` unless a scope allows the action.
+    pub fn require(&self, block: &str, action: &str, resource: Option<&str>) -> Result<(), Error> {
+        if self.scopes.allows(block, action, resource) {
+            return Ok(());
+        }
+        let needed = match resource {
+            Some(resource) => format!("`{block}:{action}` covering `{resource}`"),
+            None => format!("`{block}:{action}`"),
+        };
+        Err(Error::permission_denied(format!(
+            "this credential lacks the scope {needed}"
+        )))
+    }
+}
+
+struct CachedKey {
+    /// `None` when the key id does not exist.
+    record: Option<ApiKeyRecord>,
+    loaded_at: Instant,
+}
+
+pub struct Authenticator {
+    store: Arc<dyn ControlStore>,
+    jwt: Option<JwtVerifier>,
+    bootstrap_key_sha256: Option<[u8; 32]>,
+    mode: AuthMode,
+    key_cache: Mutex<HashMap<String, CachedKey>>,
+}
+
+impl Authenticator {
+    pub fn new(store: Arc<dyn ControlStore>, config: &AuthConfig) -> Result<Self, Error> {
+        let bootstrap_key = read_bootstrap_key(config)?;
+        Ok(Authenticator {
+            store,
+            jwt: JwtVerifier::from_config(&config.jwt)?,
+            bootstrap_key_sha256: bootstrap_key.map(|key| Sha256::digest(key.as_bytes()).into()),
+            mode: config.mode,
+            key_cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    /// Authenticates the raw `Authorization` header value, if any.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, Error> {
+        let Some(authorization) = authorization else {
+            if self.mode == AuthMode::Dev {
+                return Ok(Principal {
+                    tenant: TenantId::default_tenant(),
+                    scopes: ScopeSet::admin(),
+                    actor: "dev".to_string(),
+                    kind: CredentialKind::DevMode,
+                });
+            }
+            return Err(Error::unauthenticated(
+                "missing credentials: send `Authorization: Bearer <api key or JWT>`",
+            ));
+        };
+        let Some(token) = bearer_token(authorization) else {
+            return Err(Error::unauthenticated(
+                "the Authorization header must read `Bearer <api key or JWT>`",
+            ));
+        };
+        if self.is_bootstrap_key(token) {
+            return Ok(Principal {
+                tenant: TenantId::default_tenant(),
+                scopes: ScopeSet::admin(),
+                actor: "bootstrap".to_string(),
+                kind: CredentialKind::BootstrapKey,
+            });
+        }
+        if let Some(presented) = parse_presented_key(token) {
+            return self
+                .authenticate_api_key(presented.id, presented.secret_part)
+                .await;
+        }
+        let Some(jwt) = &self.jwt else {
+            return Err(Error::unauthenticated("the API key is not valid"));
+        };
+        let verified = jwt.verify(token)?;
+        Ok(Principal {
+            tenant: verified.tenant,
+            scopes: verified.scopes,
+            actor: format!("jwt:{}", verified.subject),
+            kind: CredentialKind::Jwt,
+        })
+    }
+
+    /// Drops a cached key so a revocation on this node applies at once.
+    pub fn forget_key(&self, key_id: &str) {
+        self.key_cache.lock().remove(key_id);
+    }
+
+    /// Drops every cached key of a deleted tenant.
+    pub fn forget_tenant(&self, tenant: &TenantId) {
+        self.key_cache
+            .lock()
+            .retain(|_, cached| match &cached.record {
+                Some(record) => &record.tenant != tenant,
+                None => true,
+            });
+    }
+
+    fn is_bootstrap_key(&self, token: &str) -> bool {
+        let Some(expected) = &self.bootstrap_key_sha256 else {
+            return false;
+        };
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        digests_match(&presented, expected)
+    }
+
+    async fn authenticate_api_key(
+        &self,
+        key_id: &str,
+        secret_part: &str,
+    ) -> Result<Principal, Error> {
+        let record = self.lookup_key(key_id).await?;
+        // One message for "no such key" and "wrong secret", so a caller
+        // cannot probe which key ids exist.
+        let Some(record) = record else {
+            return Err(Error::unauthenticated("the API key is not valid"));
+        };
+        if !digests_match(&digest_secret(secret_part), &record.secret_sha256) {
+            return Err(Error::unauthenticated("the API key is not valid"));
+        }
+        if record.revoked_at.is_some() {
+            return Err(Error::unauthenticated("the API key was revoked"));
+        }
+        if let Some(expires_at) = record.expires_at
+            && expires_at <= OffsetDateTime::now_utc()
+        {
+            return Err(Error::unauthenticated("the API key has expired"));
+        }
+        Ok(Principal {
+            tenant: record.tenant,
+            scopes: record.scopes,
+            actor: format!("key:{}", record.id),
+            kind: CredentialKind::ApiKey,
+        })
+    }
+
+    async fn lookup_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, Error> {
+        if let Some(cached) = self.key_cache.lock().get(key_id)
+            && cached.loaded_at.elapsed() < API_KEY_CACHE_TTL
+        {
+            return Ok(cached.record.clone());
+        }
+        let record = self.store.get_api_key(key_id).await?;
+        let mut cache = self.key_cache.lock();
+        if cache.len() >= API_KEY_CACHE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(
+            key_id.to_string(),
+            CachedKey {
+                record: record.clone(),
+                loaded_at: Instant::now(),
+            },
+        );
+        Ok(record)
+    }
+}
+
+fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return None;
+    }
+    Some(token)
+}
+
+fn read_bootstrap_key(config: &AuthConfig) -> Result<Option<String>, Error> {
+    if let Some(key) = &config.bootstrap_admin_key {
+        return Ok(Some(validated_bootstrap_key(key.expose().trim())?));
+    }
+    let Some(path) = &config.bootstrap_admin_key_file else {
+        return Ok(None);
+    };
+    let contents = std::fs::read_to_string(path).map_err(|io_error| {
+        Error::invalid_argument(
+            "invalid_config",
+            format!(
+                "cannot read auth.bootstrap_admin_key_file {}: {io_error}",
+                path.display()
+            ),
+        )
+    })?;
+    let first_line = contents.lines().next().unwrap_or_default().trim();
+    Ok(Some(validated_bootstrap_key(first_line)?))
+}
+
+/// A short bootstrap key is a guessable admin password.
+fn validated_bootstrap_key(key: &str) -> Result<String, Error> {
+    const MINIMUM_LENGTH: usize = 24;
+    if key.len() < MINIMUM_LENGTH {
+        return Err(Error::invalid_argument(
+            "invalid_config",
+            "the bootstrap admin key must be at least 24 characters long",
+        ));
+    }
+    Ok(key.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_extracted_strictly() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
+}

@@ -1,0 +1,230 @@
+//! The PostgreSQL engine: a connection pool (deadpool) with a minimum and
+//! maximum size, an acquire timeout, recycling with a health check,
+//! connection lifetime limits, prepared-statement caching, and pool metrics.
+//!
+//! Callers acquire a client with [`PostgresEngine::acquire`] and run each
+//! query or transaction through [`PostgresEngine::run`], so every round
+//! trip goes through the breaker and the call timeout.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use plinth_core::Error;
+use plinth_core::config::PostgresConfig;
+use plinth_core::resilience::{CircuitBreaker, EngineGuard};
+use tokio_postgres::NoTls;
+
+use crate::health::{HealthProbe, ProbeFailure};
+
+const ENGINE_NAME: &str = "postgres";
+/// How often idle connections past their lifetime are replaced.
+const MAINTENANCE_PERIOD: Duration = Duration::from_secs(15);
+
+/// A pooled client; dropping it returns the connection to the pool.
+pub type PooledClient = Object;
+
+pub struct PostgresEngine {
+    pool: Pool,
+    config: PostgresConfig,
+    guard: EngineGuard,
+}
+
+/// Maps a driver error to a Plinth error without leaking connection
+/// details. Database-side errors keep their SQLSTATE so blocks can tell a
+/// unique violation from an outage.
+pub fn postgres_failure(error: tokio_postgres::Error) -> Error {
+    if let Some(database_error) = error.as_db_error() {
+        return Error::internal(format!(
+            "postgres: {} ({})",
+            database_error.message(),
+            database_error.code().code()
+        ));
+    }
+    Error::unavailable(
+        "engine_unavailable",
+        format!("postgres: {error}"),
+        Duration::from_secs(1),
+    )
+}
+
+impl PostgresEngine {
+    /// Builds the pool and opens `pool_min_size` connections. Fails when
+    /// PostgreSQL cannot be reached at all.
+    pub async fn connect(
+        url: &str,
+        config: &PostgresConfig,
+        breaker: Arc<CircuitBreaker>,
+        call_timeout: Duration,
+    ) -> Result<Arc<Self>, Error> {
+        let driver_config: tokio_postgres::Config = url.parse().map_err(|_| {
+            Error::invalid_argument(
+                "invalid_engine_url",
+                "storage.url is not a valid postgres:// URL",
+            )
+        })?;
+        let manager = Manager::from_config(
+            driver_config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Verified,
+            },
+        );
+        let acquire_timeout = config.acquire_timeout.as_duration();
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_max_size.max(1))
+            .wait_timeout(Some(acquire_timeout))
+            .create_timeout(Some(call_timeout))
+            .recycle_timeout(Some(call_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|build_error| Error::internal(format!("postgres pool: {build_error}")))?;
+        let engine = Arc::new(PostgresEngine {
+            pool,
+            config: config.clone(),
+            guard: EngineGuard::new(breaker, call_timeout),
+        });
+        engine.fill_to_minimum().await?;
+        engine.publish_gauges();
+        spawn_maintenance(Arc::downgrade(&engine));
+        Ok(engine)
+    }
+
+    pub fn guard(&self) -> &EngineGuard {
+        &self.guard
+    }
+
+    /// Takes a connection from the pool, waiting at most `acquire_timeout`.
+    pub async fn acquire(&self) -> Result<PooledClient, Error> {
+        let started = Instant::now();
+        let acquired = self.guard.call("acquire", self.pool.get()).await;
+        metrics::histogram!("plinth_pool_acquire_duration_seconds", "engine" => ENGINE_NAME)
+            .record(started.elapsed().as_secs_f64());
+        self.publish_gauges();
+        match acquired {
+            Ok(client) => Ok(client),
+            Err(guarded_error) => Err(guarded_error.into_plinth_error(ENGINE_NAME, pool_failure)),
+        }
+    }
+
+    /// Runs one query or transaction (any future over a client) through the
+    /// breaker and the call timeout.
+    pub async fn run<T, F>(&self, operation: &'static str, future: F) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        match self.guard.call(operation, future).await {
+            Ok(value) => Ok(value),
+            Err(guarded_error) => {
+                Err(guarded_error.into_plinth_error(ENGINE_NAME, postgres_failure))
+            }
+        }
+    }
+
+    /// Closes the pool: idle connections are dropped, new acquires fail.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    async fn fill_to_minimum(&self) -> Result<(), Error> {
+        let wanted = self.config.pool_min_size.min(self.config.pool_max_size);
+        let mut opened = Vec::with_capacity(wanted);
+        while opened.len() < wanted {
+            let status = self.pool.status();
+            if status.size >= wanted {
+                break;
+            }
+            opened.push(self.acquire().await?);
+        }
+        Ok(())
+    }
+
+    fn retire_old_connections(&self) {
+        let max_lifetime = self.config.max_lifetime.as_duration();
+        self.pool
+            .retain(|_, connection_metrics| connection_metrics.age() < max_lifetime);
+    }
+
+    fn publish_gauges(&self) {
+        let status = self.pool.status();
+        let idle = status.available;
+        let in_use = status.size.saturating_sub(idle);
+        metrics::gauge!("plinth_pool_connections", "engine" => ENGINE_NAME, "state" => "idle")
+            .set(idle as f64);
+        metrics::gauge!("plinth_pool_connections", "engine" => ENGINE_NAME, "state" => "in_use")
+            .set(in_use as f64);
+        metrics::gauge!("plinth_pool_max_connections", "engine" => ENGINE_NAME)
+            .set(status.max_size as f64);
+        metrics::gauge!("plinth_pool_waiters", "engine" => ENGINE_NAME).set(status.waiting as f64);
+    }
+}
+
+fn pool_failure(pool_error: PoolError) -> Error {
+    if matches!(pool_error, PoolError::Timeout(_)) {
+        metrics::counter!("plinth_pool_exhausted_total", "engine" => ENGINE_NAME).increment(1);
+        return Error::unavailable(
+            "engine_pool_exhausted",
+            "no postgres connection became free in time",
+            Duration::from_secs(1),
+        );
+    }
+    if let PoolError::Backend(backend_error) = pool_error {
+        return postgres_failure(backend_error);
+    }
+    Error::unavailable(
+        "engine_unavailable",
+        format!("postgres pool: {pool_error}"),
+        Duration::from_secs(1),
+    )
+}
+
+/// Replaces connections past their lifetime and keeps the minimum open.
+/// Holds only a weak reference so the task ends when the engine is dropped.
+fn spawn_maintenance(engine: std::sync::Weak<PostgresEngine>) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(MAINTENANCE_PERIOD);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            if engine.pool.is_closed() {
+                return;
+            }
+            engine.retire_old_connections();
+            if let Err(fill_error) = engine.fill_to_minimum().await {
+                tracing::debug!(error = %fill_error, "postgres pool could not reach its minimum size");
+            }
+            engine.publish_gauges();
+        }
+    });
+}
+
+#[async_trait]
+impl HealthProbe for PostgresEngine {
+    fn name(&self) -> &'static str {
+        ENGINE_NAME
+    }
+
+    fn breaker(&self) -> Arc<CircuitBreaker> {
+        Arc::clone(self.guard.breaker())
+    }
+
+    async fn probe(&self) -> Result<(), ProbeFailure> {
+        let client = match self.acquire().await {
+            Ok(client) => client,
+            Err(error) => return Err(ProbeFailure(error.detail().to_string())),
+        };
+        match self
+            .run("health_probe", client.simple_query("SELECT 1"))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) => Err(ProbeFailure(error.detail().to_string())),
+        }
+    }
+}

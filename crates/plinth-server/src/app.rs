@@ -1,0 +1,215 @@
+//! Assembles the router: routes from every module, the OpenAPI document
+//! generated from them, and the middleware stack in a fixed order.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::idempotency::idempotency;
+use crate::middleware::auth::authenticate;
+use crate::middleware::body_limit::reject_oversized_body;
+use crate::middleware::request_context::{REQUEST_ID_HEADER, request_context};
+use crate::middleware::security_headers::add_security_headers;
+use crate::problem::ApiError;
+use crate::routes::{admin, health, keys, whoami};
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Plinth", description = "The infrastructure layer of a backend, over HTTP/JSON."),
+    modifiers(&BearerSecurity),
+    tags(
+        (name = "health", description = "Liveness, readiness, health details and metrics"),
+        (name = "auth", description = "Who the caller is"),
+        (name = "keys", description = "A tenant's own API keys"),
+        (name = "admin", description = "Tenants, any tenant's keys, the audit log"),
+    )
+)]
+struct ApiDocument;
+
+struct BearerSecurity;
+
+impl Modify for BearerSecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key (`plk_...`) or a JWT"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Routes that need no credential.
+fn public_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health::get_live))
+        .routes(routes!(health::get_ready))
+        .routes(routes!(health::get_health))
+        .routes(routes!(health::get_metrics))
+}
+
+/// Routes under `/v1` that need a credential.
+fn authenticated_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(whoami::get_whoami))
+        .routes(routes!(keys::list_own_keys, keys::create_own_key))
+        .routes(routes!(keys::get_own_key, keys::revoke_own_key))
+        .routes(routes!(admin::create_tenant, admin::list_tenants))
+        .routes(routes!(admin::get_tenant, admin::delete_tenant))
+        .routes(routes!(admin::create_tenant_key, admin::list_tenant_keys))
+        .routes(routes!(admin::revoke_tenant_key))
+        .routes(routes!(admin::list_audit))
+}
+
+/// The OpenAPI document of every route, as served at `/v1/openapi.json`.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let (_, mut document) = OpenApiRouter::<AppState>::with_openapi(ApiDocument::openapi())
+        .merge(public_routes())
+        .merge(authenticated_routes())
+        .split_for_parts();
+    document
+        .paths
+        .paths
+        .insert("/v1/openapi.json".to_string(), openapi_path_item());
+    document
+}
+
+fn openapi_path_item() -> utoipa::openapi::PathItem {
+    use utoipa::openapi::path::{HttpMethod, OperationBuilder};
+    use utoipa::openapi::response::ResponseBuilder;
+    let operation = OperationBuilder::new()
+        .summary(Some("This OpenAPI 3 document"))
+        .tag("health")
+        .response(
+            "200",
+            ResponseBuilder::new().description("The document").build(),
+        )
+        .build();
+    utoipa::openapi::PathItem::new(HttpMethod::Get, operation)
+}
+
+async fn get_openapi(State(document): State<Arc<String>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        document.as_str().to_owned(),
+    )
+        .into_response()
+}
+
+/// 404 for unknown paths, as a problem document.
+async fn route_not_found() -> ApiError {
+    ApiError(plinth_core::Error::not_found(
+        "route_not_found",
+        "no such route; see /v1/openapi.json for the API",
+    ))
+}
+
+pub fn build_router(state: AppState) -> Router {
+    let document_json = Arc::new(
+        serde_json::to_string(&openapi_document()).expect("the OpenAPI document serializes"),
+    );
+    let (public_router, _) = public_routes().split_for_parts();
+    let (authenticated_router, _) = authenticated_routes().split_for_parts();
+    let authenticated_router = authenticated_router
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ));
+    let openapi_router = Router::new()
+        .route("/v1/openapi.json", axum::routing::get(get_openapi))
+        .with_state(document_json);
+
+    let server_config = &state.config.server;
+    let request_timeout = server_config.request_timeout.as_duration();
+    let max_body_bytes = server_config.max_body_bytes;
+    let compression = server_config.compression;
+    let cors = cors_layer(&server_config.cors);
+
+    let router = public_router
+        .merge(authenticated_router)
+        .with_state(state.clone())
+        .merge(openapi_router)
+        .fallback(route_not_found);
+
+    // Each `layer` call wraps everything added before it, so the last one
+    // (the request context) runs first on the way in.
+    let mut router = router
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            max_body_bytes,
+            reject_oversized_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            request_timeout,
+            crate::middleware::timeout::request_timeout,
+        ));
+    if compression {
+        router = router.layer(CompressionLayer::new());
+    }
+    if let Some(cors) = cors {
+        router = router.layer(cors);
+    }
+    router
+        .layer(axum::middleware::from_fn(add_security_headers))
+        .layer(CatchPanicLayer::custom(crate::serve::panic_response))
+        .layer(axum::middleware::from_fn(request_context))
+}
+
+fn cors_layer(config: &plinth_core::config::CorsConfig) -> Option<CorsLayer> {
+    if config.allowed_origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if config.allowed_origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        let mut origins = Vec::new();
+        for origin in &config.allowed_origins {
+            if let Ok(value) = HeaderValue::from_str(origin) {
+                origins.push(value);
+            }
+        }
+        AllowOrigin::list(origins)
+    };
+    let mut layer = CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            HeaderName::from_static("idempotency-key"),
+            REQUEST_ID_HEADER.clone(),
+            HeaderName::from_static("traceparent"),
+        ])
+        .expose_headers([REQUEST_ID_HEADER.clone(), header::ETAG, header::RETRY_AFTER]);
+    if let Some(max_age) = config.max_age {
+        layer = layer.max_age(max_age.as_duration());
+    }
+    Some(layer)
+}

@@ -1,0 +1,204 @@
+//! Prometheus metrics (the recorder, histogram buckets, and the documented
+//! list of every metric Plinth publishes) and the bridge from an incoming
+//! W3C `traceparent` to the request's span.
+
+use std::sync::OnceLock;
+
+use axum::http::HeaderMap;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opentelemetry::propagation::Extractor;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Every metric Plinth publishes: name, type, labels, meaning.
+/// `docs/METRICS.md` is generated from the same list (`plinth metrics-doc`).
+pub const METRICS_DOCUMENTATION: &[(&str, &str, &str, &str)] = &[
+    (
+        "plinth_build_info",
+        "gauge",
+        "version",
+        "Always 1; the labels say which build is running.",
+    ),
+    (
+        "plinth_http_requests_total",
+        "counter",
+        "method, route, status",
+        "Requests served, by route template (never the raw path) and status code.",
+    ),
+    (
+        "plinth_http_request_duration_seconds",
+        "histogram",
+        "method, route, status",
+        "Time from the first byte of the request to the response head.",
+    ),
+    (
+        "plinth_http_requests_in_flight",
+        "gauge",
+        "",
+        "Requests being served right now.",
+    ),
+    (
+        "plinth_breaker_state",
+        "gauge",
+        "breaker",
+        "State of an engine's circuit breaker: 0 closed, 1 half-open, 2 open.",
+    ),
+    (
+        "plinth_breaker_transitions_total",
+        "counter",
+        "breaker, from, to",
+        "Breaker state changes.",
+    ),
+    (
+        "plinth_breaker_rejected_calls_total",
+        "counter",
+        "breaker",
+        "Calls refused because the breaker was open or its half-open probes were taken.",
+    ),
+    (
+        "plinth_engine_call_duration_seconds",
+        "histogram",
+        "engine, operation, outcome",
+        "Duration of each engine call through its guard; outcome is ok, error, timeout or rejected.",
+    ),
+    (
+        "plinth_pool_connections",
+        "gauge",
+        "engine, state",
+        "Pooled connections, idle or in_use.",
+    ),
+    (
+        "plinth_pool_max_connections",
+        "gauge",
+        "engine",
+        "Pool size limit.",
+    ),
+    (
+        "plinth_pool_waiters",
+        "gauge",
+        "engine",
+        "Callers waiting for a pooled connection (postgres).",
+    ),
+    (
+        "plinth_pool_acquire_duration_seconds",
+        "histogram",
+        "engine",
+        "Time to get a pooled connection.",
+    ),
+    (
+        "plinth_pool_exhausted_total",
+        "counter",
+        "engine",
+        "Acquires that timed out because every connection was busy.",
+    ),
+    (
+        "plinth_redis_connected",
+        "gauge",
+        "",
+        "1 when the Redis connection is up, 0 otherwise.",
+    ),
+    (
+        "plinth_sqlite_write_batch_size",
+        "histogram",
+        "",
+        "Write jobs committed per SQLite transaction (group commit).",
+    ),
+    (
+        "plinth_sqlite_commit_duration_seconds",
+        "histogram",
+        "",
+        "Time to run and commit one SQLite write batch.",
+    ),
+    (
+        "plinth_dependency_up",
+        "gauge",
+        "dependency",
+        "1 when the last health check of the engine passed, 0 otherwise.",
+    ),
+    (
+        "plinth_auth_failures_total",
+        "counter",
+        "reason",
+        "Requests refused for missing, malformed, unknown, expired or revoked credentials.",
+    ),
+    (
+        "plinth_audit_dropped_total",
+        "counter",
+        "",
+        "Audit entries that could not be written (queue full or store error).",
+    ),
+    (
+        "plinth_idempotent_replays_total",
+        "counter",
+        "",
+        "Responses replayed for a repeated Idempotency-Key.",
+    ),
+];
+
+const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn prometheus_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".to_string()),
+                    LATENCY_BUCKETS_SECONDS,
+                )
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full("plinth_sqlite_write_batch_size".to_string()),
+                        BATCH_SIZE_BUCKETS,
+                    )
+                })
+                .expect("histogram buckets are non-empty constants");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may exist when the server is embedded; the
+            // handle then renders only what this recorder saw.
+            let _ = metrics::set_global_recorder(recorder);
+            describe_metrics();
+            metrics::gauge!("plinth_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+fn describe_metrics() {
+    for (name, kind, _labels, help) in METRICS_DOCUMENTATION {
+        match *kind {
+            "counter" => metrics::describe_counter!(*name, *help),
+            "gauge" => metrics::describe_gauge!(*name, *help),
+            _ => metrics::describe_histogram!(*name, *help),
+        }
+    }
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|name| name.as_str()).collect()
+    }
+}
+
+/// Makes the request span a child of the caller's trace when the request
+/// carries `traceparent` and an OpenTelemetry exporter is configured.
+pub fn attach_remote_parent(span: &tracing::Span, headers: &HeaderMap) {
+    if !headers.contains_key("traceparent") {
+        return;
+    }
+    let parent_context = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(headers))
+    });
+    let _ = span.set_parent(parent_context);
+}

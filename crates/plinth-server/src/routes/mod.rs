@@ -1,0 +1,8 @@
+//! The routes, one module per resource family. Each handler carries its
+//! OpenAPI description, so the document cannot drift from the code.
+
+pub mod admin;
+pub mod health;
+pub mod keys;
+pub mod pagination;
+pub mod whoami;

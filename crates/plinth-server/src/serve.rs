@@ -1,0 +1,177 @@
+//! Starting and stopping a node: checks the configuration is safe to run,
+//! connects the engines and migrates them, serves HTTP, and on shutdown
+//! turns readiness to 503 at once, stops accepting connections, drains
+//! in-flight requests up to `server.shutdown_timeout`, and closes engines.
+
+use std::any::Any;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use plinth_control::{Authenticator, CONTROL_MIGRATIONS, open_control_store};
+use plinth_core::Error;
+use plinth_core::config::{AuthMode, PlinthConfig};
+use plinth_engines::Engines;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::app::build_router;
+use crate::audit::AuditLog;
+use crate::health_service::HealthService;
+use crate::observability::prometheus_handle;
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+const IDEMPOTENCY_PURGE_PERIOD: Duration = Duration::from_secs(600);
+
+pub struct ServeOptions {
+    pub config: PlinthConfig,
+    /// Told the bound address once the node accepts connections.
+    pub on_listening: Option<oneshot::Sender<SocketAddr>>,
+}
+
+/// Runs a node until `shutdown` completes, then drains and returns.
+pub async fn run_server(
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let config = options.config;
+    check_safe_to_listen(&config)?;
+    let metrics = prometheus_handle();
+
+    let engines = Engines::connect(&config).await?;
+    let reports = engines.store.migrate(&[&CONTROL_MIGRATIONS]).await?;
+    for report in &reports {
+        if !report.newly_applied.is_empty() {
+            tracing::info!(component = report.component, versions = ?report.newly_applied, "migrations applied");
+        }
+    }
+    let control = open_control_store(&engines.store);
+    let authenticator = Arc::new(Authenticator::new(Arc::clone(&control), &config.auth)?);
+    let health = Arc::new(HealthService::new(
+        engines.probes(),
+        config.health.cache_ttl.as_duration(),
+        config.health.history,
+    ));
+    let audit = AuditLog::start(Arc::clone(&control));
+    let state = AppState {
+        config: Arc::new(config.clone()),
+        engines: engines.clone(),
+        control: Arc::clone(&control),
+        authenticator,
+        health: Arc::clone(&health),
+        audit,
+        metrics,
+    };
+    spawn_idempotency_purge(Arc::clone(&control));
+
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|io_error| {
+            Error::invalid_argument(
+                "cannot_listen",
+                format!("cannot listen on {}: {io_error}", config.server.listen),
+            )
+        })?;
+    let local_address = listener
+        .local_addr()
+        .map_err(|io_error| Error::internal(io_error.to_string()))?;
+    tracing::info!(address = %local_address, store = engines.store.kind().as_str(), "plinth listening");
+    if let Some(on_listening) = options.on_listening {
+        let _ = on_listening.send(local_address);
+    }
+
+    let (drain_started_sender, drain_started) = oneshot::channel::<()>();
+    let health_for_shutdown = Arc::clone(&health);
+    let graceful_signal = async move {
+        shutdown.await;
+        health_for_shutdown.begin_shutdown();
+        tracing::info!("shutdown requested: readiness is now 503, draining in-flight requests");
+        let _ = drain_started_sender.send(());
+    };
+    let router = build_router(state);
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(graceful_signal);
+
+    let shutdown_timeout = config.server.shutdown_timeout.as_duration();
+    let drain_deadline = async move {
+        if drain_started.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(shutdown_timeout).await;
+    };
+    tokio::select! {
+        served = server => {
+            if let Err(io_error) = served {
+                return Err(Error::internal(format!("server failed: {io_error}")));
+            }
+        }
+        () = drain_deadline => {
+            tracing::warn!(timeout = %plinth_core::HumanDuration(shutdown_timeout), "in-flight requests did not finish in time; closing them");
+        }
+    }
+    engines.close().await;
+    tracing::info!("plinth stopped");
+    Ok(())
+}
+
+/// Dev mode accepts requests without credentials, so it must never be
+/// reachable from another machine.
+fn check_safe_to_listen(config: &PlinthConfig) -> Result<(), Error> {
+    if config.auth.mode != AuthMode::Dev {
+        return Ok(());
+    }
+    if !config.server.listen.ip().is_loopback() {
+        return Err(Error::invalid_argument(
+            "unsafe_config",
+            format!(
+                "refusing to listen on {} with auth.mode = \"dev\" (requests without credentials act as an admin); \
+                 set auth.mode = \"enforced\" with a bootstrap admin key or JWT keys, or listen on 127.0.0.1",
+                config.server.listen
+            ),
+        ));
+    }
+    tracing::warn!(
+        "AUTH DEV MODE: requests without credentials act as tenant `default` with every scope; \
+         set auth.mode = \"enforced\" before exposing this node"
+    );
+    Ok(())
+}
+
+fn spawn_idempotency_purge(control: Arc<dyn plinth_control::ControlStore>) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(IDEMPOTENCY_PURGE_PERIOD);
+        loop {
+            ticker.tick().await;
+            match control
+                .purge_expired_idempotency(OffsetDateTime::now_utc())
+                .await
+            {
+                Ok(0) => {}
+                Ok(purged) => tracing::debug!(purged, "expired idempotency records purged"),
+                Err(error) => tracing::warn!(error = %error, "idempotency purge failed"),
+            }
+        }
+    });
+}
+
+/// A handler panicked: answer 500 with the request id, log it, keep serving.
+pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "unknown panic".to_string()
+    };
+    tracing::error!(panic = %message, "handler panicked");
+    ApiError(Error::internal(
+        "the server hit a bug while handling this request; it was logged with this request id",
+    ))
+    .into_response()
+}
