@@ -125,7 +125,24 @@ pub struct StoredResponse {
     pub status: u16,
     /// Headers worth replaying (content type, location, etag).
     pub headers: Vec<(String, String)>,
+    #[serde(with = "base64_body")]
     pub body: Vec<u8>,
+}
+
+/// Stored bodies are base64 in the JSON record, not arrays of numbers.
+mod base64_body {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(body: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(body))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// What the store says when a request with an idempotency key begins.
@@ -154,7 +171,8 @@ pub trait ControlStore: Send + Sync {
         after_id: Option<&TenantId>,
         limit: usize,
     ) -> Result<Vec<TenantRecord>, Error>;
-    /// Deletes the tenant and revokes all its keys. `NotFound` when absent.
+    /// Deletes the tenant, its keys and its idempotency records.
+    /// `NotFound` when absent.
     async fn delete_tenant(&self, id: &TenantId) -> Result<(), Error>;
 
     /// `NotFound` when the tenant does not exist.

@@ -85,7 +85,7 @@ pub struct CorsConfig {
     pub max_age: Option<HumanDuration>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// `sqlite://PATH` or `postgres://...`. Unset means SQLite at
@@ -93,16 +93,6 @@ pub struct StorageConfig {
     pub url: Option<Secret<String>>,
     pub sqlite: SqliteConfig,
     pub postgres: PostgresConfig,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        StorageConfig {
-            url: None,
-            sqlite: SqliteConfig::default(),
-            postgres: PostgresConfig::default(),
-        }
-    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

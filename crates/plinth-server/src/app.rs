@@ -23,6 +23,7 @@ use crate::middleware::security_headers::add_security_headers;
 use crate::problem::ApiError;
 use crate::routes::{admin, health, keys, whoami};
 use crate::state::AppState;
+use plinth_core::config::ServerConfig;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -138,18 +139,19 @@ pub fn build_router(state: AppState) -> Router {
         .route("/v1/openapi.json", axum::routing::get(get_openapi))
         .with_state(document_json);
 
-    let server_config = &state.config.server;
-    let request_timeout = server_config.request_timeout.as_duration();
-    let max_body_bytes = server_config.max_body_bytes;
-    let compression = server_config.compression;
-    let cors = cors_layer(&server_config.cors);
-
     let router = public_router
         .merge(authenticated_router)
         .with_state(state.clone())
         .merge(openapi_router)
         .fallback(route_not_found);
+    apply_middleware(router, &state.config.server)
+}
 
+/// Wraps a router in the middleware every route shares.
+pub fn apply_middleware(router: Router, server_config: &ServerConfig) -> Router {
+    let request_timeout = server_config.request_timeout.as_duration();
+    let max_body_bytes = server_config.max_body_bytes;
+    let cors = cors_layer(&server_config.cors);
     // Each `layer` call wraps everything added before it, so the last one
     // (the request context) runs first on the way in.
     let mut router = router
@@ -162,7 +164,7 @@ pub fn build_router(state: AppState) -> Router {
             request_timeout,
             crate::middleware::timeout::request_timeout,
         ));
-    if compression {
+    if server_config.compression {
         router = router.layer(CompressionLayer::new());
     }
     if let Some(cors) = cors {
@@ -212,4 +214,95 @@ fn cors_layer(config: &plinth_core::config::CorsConfig) -> Option<CorsLayer> {
         layer = layer.max_age(max_age.as_duration());
     }
     Some(layer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn panicking_handler() -> &'static str {
+        panic!("handler bug")
+    }
+
+    fn test_router() -> Router {
+        let router = Router::new()
+            .route("/panics", axum::routing::get(panicking_handler))
+            .route(
+                "/slow",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    "late"
+                }),
+            )
+            .route("/fine", axum::routing::get(|| async { "fine" }));
+        let config = ServerConfig {
+            request_timeout: plinth_core::HumanDuration::from_millis(100),
+            ..ServerConfig::default()
+        };
+        apply_middleware(router, &config)
+    }
+
+    async fn problem_body(response: axum::response::Response) -> serde_json::Value {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_a_500_with_the_request_id() {
+        let router = test_router();
+        let request = Request::get("/panics")
+            .header("x-request-id", "panic-test-1")
+            .body(Body::empty())
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()["x-request-id"], "panic-test-1");
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        let problem = problem_body(response).await;
+        assert_eq!(problem["code"], "internal");
+        assert_eq!(problem["request_id"], "panic-test-1");
+
+        let after = router.oneshot(Request::get("/fine").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(after.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_slow_handler_is_cut_off_with_a_504() {
+        let response = test_router()
+            .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        let problem = problem_body(response).await;
+        assert_eq!(problem["code"], "request_timeout");
+    }
+
+    #[test]
+    fn the_openapi_document_lists_every_route() {
+        let document = openapi_document();
+        let mut paths: Vec<&str> = document.paths.paths.keys().map(String::as_str).collect();
+        paths.sort_unstable();
+        assert_eq!(
+            paths,
+            vec![
+                "/health",
+                "/health/live",
+                "/health/ready",
+                "/metrics",
+                "/v1/admin/audit",
+                "/v1/admin/tenants",
+                "/v1/admin/tenants/{tenant}",
+                "/v1/admin/tenants/{tenant}/keys",
+                "/v1/admin/tenants/{tenant}/keys/{key_id}",
+                "/v1/keys",
+                "/v1/keys/{key_id}",
+                "/v1/openapi.json",
+                "/v1/whoami",
+            ]
+        );
+    }
 }

@@ -159,7 +159,7 @@ pub async fn get_tenant(
     }
 }
 
-/// Deletes a tenant and revokes all its keys.
+/// Deletes a tenant and its keys.
 #[utoipa::path(
     delete, path = "/v1/admin/tenants/{tenant}", tag = "admin", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "Tenant id")),

@@ -1,0 +1,243 @@
+//! `plinth bench http`: how much Plinth's HTTP stack costs. Drives a bare
+//! axum handler, `/health/live` (the middleware stack without
+//! authentication) and `/v1/whoami` (the stack with API-key
+//! authentication), each over keep-alive connections, in two passes:
+//!
+//! - a loaded pass at `--concurrency` connections, which gives throughput;
+//! - an unloaded pass at one connection, which gives latency.
+//!
+//! Latency overhead is judged on the unloaded pass because under saturation
+//! p50 is mostly queueing (Little's law: connections / throughput), so a
+//! loaded p50 difference only restates the throughput ratio.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use plinth_core::HumanDuration;
+use plinth_core::config::PlinthConfig;
+
+use crate::bench::bare_server::BARE_PATH;
+use crate::bench::client::{Endpoint, resolve_url};
+use crate::bench::load::{LoadShape, LoadTarget, TargetMeasurement, measure};
+use crate::bench::local_targets::LocalTargets;
+use crate::bench::provision::{bearer, create_bench_api_key};
+use crate::bench::report::{BenchRun, print_report};
+
+const HEALTH_PATH: &str = "/health/live";
+const WHOAMI_PATH: &str = "/v1/whoami";
+/// The unloaded pass: one connection, one request in flight.
+const LATENCY_CONNECTIONS: usize = 1;
+
+#[derive(Debug, Args)]
+pub struct HttpBenchArguments {
+    /// Measured time per target and pass, after the warm-up.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    duration: HumanDuration,
+    /// Unmeasured load before each measured window (connections open,
+    /// caches fill, the CPU clocks up).
+    #[arg(long, value_name = "DURATION", default_value = "2s")]
+    warmup: HumanDuration,
+    /// Keep-alive connections of the loaded pass, one per worker. An
+    /// unloaded pass at one connection always runs as well.
+    #[arg(long, value_name = "CONNECTIONS", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    concurrency: u32,
+    /// Drive this running node (`http://host:port`) instead of starting one.
+    #[arg(long, value_name = "URL", requires = "api_key")]
+    target: Option<String>,
+    /// An API key of the node given by `--target`, sent to `/v1/whoami`.
+    #[arg(long, value_name = "KEY", requires = "target")]
+    api_key: Option<String>,
+    /// A bare handler to compare `--target` with (`http://host:port/path`,
+    /// answering GET with 2xx); without it there is no comparison.
+    #[arg(long, value_name = "URL", requires = "target")]
+    bare: Option<String>,
+    /// Print a JSON summary on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The three routes, in the order they are measured.
+struct BenchTargets {
+    bare: Option<Arc<LoadTarget>>,
+    health: Arc<LoadTarget>,
+    whoami: Arc<LoadTarget>,
+}
+
+impl BenchTargets {
+    fn for_plinth(
+        plinth_endpoint: &Endpoint,
+        api_key: &str,
+        bare: Option<LoadTarget>,
+    ) -> anyhow::Result<BenchTargets> {
+        Ok(BenchTargets {
+            bare: bare.map(Arc::new),
+            health: Arc::new(LoadTarget {
+                name: "health",
+                endpoint: plinth_endpoint.clone(),
+                path: HEALTH_PATH.to_string(),
+                authorization: None,
+            }),
+            whoami: Arc::new(LoadTarget {
+                name: "whoami",
+                endpoint: plinth_endpoint.clone(),
+                path: WHOAMI_PATH.to_string(),
+                authorization: Some(bearer(api_key)?),
+            }),
+        })
+    }
+
+    fn in_measuring_order(&self) -> Vec<Arc<LoadTarget>> {
+        let mut targets: Vec<Arc<LoadTarget>> = self.bare.iter().cloned().collect();
+        targets.push(Arc::clone(&self.health));
+        targets.push(Arc::clone(&self.whoami));
+        targets
+    }
+}
+
+pub async fn run(config: &PlinthConfig, arguments: HttpBenchArguments) -> anyhow::Result<()> {
+    let warmup = arguments.warmup.as_duration();
+    let duration = arguments.duration.as_duration();
+    if duration.is_zero() {
+        anyhow::bail!("--duration must be longer than zero");
+    }
+    let throughput_connections = arguments.concurrency as usize;
+    let plan = PassPlan {
+        warmup,
+        duration,
+        connections_per_pass: connections_per_pass(throughput_connections),
+    };
+    let (measurements, plinth_log) = match &arguments.target {
+        Some(target_url) => (measure_running_node(target_url, &arguments, &plan).await?, None),
+        None => measure_local_children(&config.log.level, &plan).await?,
+    };
+    let run = BenchRun {
+        warmup,
+        duration,
+        throughput_connections,
+        latency_connections: LATENCY_CONNECTIONS,
+        plinth_log,
+        measurements,
+    };
+    print_report(&run, arguments.json)
+}
+
+struct PassPlan {
+    warmup: Duration,
+    duration: Duration,
+    connections_per_pass: Vec<usize>,
+}
+
+fn connections_per_pass(throughput_connections: usize) -> Vec<usize> {
+    if throughput_connections == LATENCY_CONNECTIONS {
+        return vec![LATENCY_CONNECTIONS];
+    }
+    vec![throughput_connections, LATENCY_CONNECTIONS]
+}
+
+/// Where the `plinth serve` child's logs went and how much it wrote, so the
+/// report can say what the access log cost in bytes.
+pub struct PlinthLog {
+    pub level: String,
+    pub bytes_written: u64,
+}
+
+async fn measure_local_children(
+    plinth_log_level: &str,
+    plan: &PassPlan,
+) -> anyhow::Result<(Vec<TargetMeasurement>, Option<PlinthLog>)> {
+    let mut local_targets = LocalTargets::start(plinth_log_level).await?;
+    eprintln!(
+        "started plinth serve on {} (log level `{plinth_log_level}`, JSON logs to a file) and the bare axum server on {}",
+        local_targets.plinth_endpoint.socket_address, local_targets.bare_endpoint.socket_address
+    );
+    let api_key = create_bench_api_key(
+        &local_targets.plinth_endpoint,
+        &local_targets.bootstrap_admin_key,
+    )
+    .await?;
+    let bare = LoadTarget {
+        name: "bare",
+        endpoint: local_targets.bare_endpoint.clone(),
+        path: BARE_PATH.to_string(),
+        authorization: None,
+    };
+    let targets = BenchTargets::for_plinth(&local_targets.plinth_endpoint, &api_key, Some(bare))?;
+    let measurements =
+        measure_every_target(&targets, plan, || local_targets.ensure_both_running()).await?;
+    local_targets.ensure_both_running()?;
+    let plinth_log = PlinthLog {
+        level: plinth_log_level.to_string(),
+        bytes_written: local_targets.plinth_log_bytes(),
+    };
+    local_targets.stop().await?;
+    Ok((measurements, Some(plinth_log)))
+}
+
+async fn measure_running_node(
+    target_url: &str,
+    arguments: &HttpBenchArguments,
+    plan: &PassPlan,
+) -> anyhow::Result<Vec<TargetMeasurement>> {
+    let Some(api_key) = &arguments.api_key else {
+        anyhow::bail!("--target needs --api-key");
+    };
+    let plinth = resolve_url(target_url).await?;
+    if plinth.path.path() != "/" {
+        anyhow::bail!("--target takes the node's base URL (`http://host:port`), not a path");
+    }
+    let bare = match &arguments.bare {
+        None => None,
+        Some(bare_url) => {
+            let resolved = resolve_url(bare_url).await?;
+            Some(LoadTarget {
+                name: "bare",
+                endpoint: resolved.endpoint,
+                path: resolved.path.to_string(),
+                authorization: None,
+            })
+        }
+    };
+    let targets = BenchTargets::for_plinth(&plinth.endpoint, api_key, bare)?;
+    // A node we did not start is not ours to watch: failures show up as
+    // errors in the table instead.
+    measure_every_target(&targets, plan, || Ok(())).await
+}
+
+/// Every pass over every target; `check_servers` runs before each one so a
+/// crashed server stops the run instead of producing a table of errors.
+async fn measure_every_target(
+    targets: &BenchTargets,
+    plan: &PassPlan,
+    mut check_servers: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<TargetMeasurement>> {
+    let mut measurements = Vec::new();
+    for connections in &plan.connections_per_pass {
+        for target in targets.in_measuring_order() {
+            check_servers()?;
+            measurements.push(measure_one(target, *connections, plan).await?);
+        }
+    }
+    Ok(measurements)
+}
+
+async fn measure_one(
+    target: Arc<LoadTarget>,
+    connections: usize,
+    plan: &PassPlan,
+) -> anyhow::Result<TargetMeasurement> {
+    eprintln!(
+        "measuring {} {} at {connections} connection(s): {} warm-up, {} measured",
+        target.name,
+        target.path,
+        HumanDuration(plan.warmup),
+        HumanDuration(plan.duration)
+    );
+    let shape = LoadShape {
+        connections,
+        warmup: plan.warmup,
+        duration: plan.duration,
+    };
+    measure(target, shape).await
+}

@@ -1,0 +1,211 @@
+//! The load generator: a fixed number of workers, each owning one
+//! keep-alive connection and sending requests back to back (closed loop),
+//! for a warm-up and then a measured window. Latencies of answered 2xx
+//! requests go to an HDR histogram in microseconds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Method, Request};
+use http_body_util::Full;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::bench::client::{BenchConnection, Endpoint, build_request};
+
+/// Highest latency the histogram tells apart; slower answers are counted
+/// at this value.
+const HIGHEST_TRACKED_LATENCY_MICROSECONDS: u64 = 60_000_000;
+const SIGNIFICANT_DIGITS: u8 = 3;
+/// How long a worker waits before reconnecting after a failed connect, so a
+/// dead server is not hammered with connection attempts.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
+/// How long a request started in the window may take before it is
+/// abandoned, so a stalled server cannot keep the benchmark running.
+const STRAGGLER_GRACE: Duration = Duration::from_secs(5);
+
+/// One route to drive.
+#[derive(Debug)]
+pub struct LoadTarget {
+    /// Short, stable name used in the table and the JSON summary.
+    pub name: &'static str,
+    pub endpoint: Endpoint,
+    pub path: String,
+    pub authorization: Option<HeaderValue>,
+}
+
+impl LoadTarget {
+    fn request(&self) -> anyhow::Result<Request<Full<Bytes>>> {
+        let mut request = build_request(Method::GET, &self.endpoint, &self.path, Bytes::new())?;
+        if let Some(authorization) = &self.authorization {
+            request
+                .headers_mut()
+                .insert(AUTHORIZATION, authorization.clone());
+        }
+        Ok(request)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct LoadShape {
+    pub connections: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+/// What one target did during the measured window.
+pub struct TargetMeasurement {
+    pub target_name: &'static str,
+    pub path: String,
+    pub connections: usize,
+    pub measured_for: Duration,
+    /// Answered with a 2xx status.
+    pub successful_requests: u64,
+    /// Answered with another status, or lost to an I/O error or timeout.
+    pub failed_requests: u64,
+    pub latencies_microseconds: Histogram<u64>,
+}
+
+impl TargetMeasurement {
+    pub fn throughput_per_second(&self) -> f64 {
+        self.successful_requests as f64 / self.measured_for.as_secs_f64()
+    }
+
+    pub fn latency_percentile_microseconds(&self, percentile: f64) -> u64 {
+        self.latencies_microseconds.value_at_percentile(percentile)
+    }
+}
+
+/// Requests starting inside `[starts_at, ends_at)` are counted; earlier
+/// ones are warm-up; none start after `ends_at`.
+#[derive(Clone, Copy)]
+struct MeasurementWindow {
+    starts_at: Instant,
+    ends_at: Instant,
+    abandon_at: Instant,
+}
+
+struct WorkerTally {
+    successful_requests: u64,
+    failed_requests: u64,
+    latencies_microseconds: Histogram<u64>,
+}
+
+impl WorkerTally {
+    fn new() -> anyhow::Result<WorkerTally> {
+        let latencies_microseconds = Histogram::new_with_bounds(
+            1,
+            HIGHEST_TRACKED_LATENCY_MICROSECONDS,
+            SIGNIFICANT_DIGITS,
+        )
+        .context("creating a latency histogram")?;
+        Ok(WorkerTally {
+            successful_requests: 0,
+            failed_requests: 0,
+            latencies_microseconds,
+        })
+    }
+
+    fn record_success(&mut self, latency: Duration) {
+        let microseconds = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latencies_microseconds.saturating_record(microseconds);
+        self.successful_requests += 1;
+    }
+
+    fn merge(&mut self, other: &WorkerTally) -> anyhow::Result<()> {
+        self.successful_requests += other.successful_requests;
+        self.failed_requests += other.failed_requests;
+        self.latencies_microseconds
+            .add(&other.latencies_microseconds)
+            .context("merging latency histograms")
+    }
+}
+
+/// Drives `target` with `shape.connections` workers for the warm-up and
+/// the measured window, then returns what the window saw.
+pub async fn measure(
+    target: Arc<LoadTarget>,
+    shape: LoadShape,
+) -> anyhow::Result<TargetMeasurement> {
+    let started = Instant::now();
+    let window = MeasurementWindow {
+        starts_at: started + shape.warmup,
+        ends_at: started + shape.warmup + shape.duration,
+        abandon_at: started + shape.warmup + shape.duration + STRAGGLER_GRACE,
+    };
+    let mut workers = JoinSet::new();
+    for _ in 0..shape.connections {
+        workers.spawn(run_worker(Arc::clone(&target), window));
+    }
+    let mut total = WorkerTally::new()?;
+    while let Some(joined) = workers.join_next().await {
+        let worker_tally = joined.context("a load worker panicked")??;
+        total.merge(&worker_tally)?;
+    }
+    Ok(TargetMeasurement {
+        target_name: target.name,
+        path: target.path.clone(),
+        connections: shape.connections,
+        measured_for: shape.duration,
+        successful_requests: total.successful_requests,
+        failed_requests: total.failed_requests,
+        latencies_microseconds: total.latencies_microseconds,
+    })
+}
+
+async fn run_worker(
+    target: Arc<LoadTarget>,
+    window: MeasurementWindow,
+) -> anyhow::Result<WorkerTally> {
+    let mut tally = WorkerTally::new()?;
+    let mut connection: Option<BenchConnection> = None;
+    loop {
+        let request_started = Instant::now();
+        if request_started >= window.ends_at {
+            return Ok(tally);
+        }
+        let counted = request_started >= window.starts_at;
+        let Some(open_connection) = connection.as_mut() else {
+            connection = connect_or_pause(&target.endpoint, window).await;
+            if connection.is_none() && counted {
+                tally.failed_requests += 1;
+            }
+            continue;
+        };
+        let request = target.request()?;
+        let outcome = tokio::time::timeout_at(window.abandon_at, open_connection.send(request)).await;
+        let latency = request_started.elapsed();
+        let answered_status = match outcome {
+            Ok(Ok((status, _body))) => Some(status),
+            Ok(Err(_)) | Err(_) => None,
+        };
+        if answered_status.is_none() {
+            // The connection may be half-way through an answer: start over.
+            connection = None;
+        }
+        if !counted {
+            continue;
+        }
+        match answered_status {
+            Some(status) if status.is_success() => tally.record_success(latency),
+            _ => tally.failed_requests += 1,
+        }
+    }
+}
+
+async fn connect_or_pause(
+    endpoint: &Endpoint,
+    window: MeasurementWindow,
+) -> Option<BenchConnection> {
+    match tokio::time::timeout_at(window.abandon_at, BenchConnection::open(endpoint)).await {
+        Ok(Ok(connection)) => Some(connection),
+        Ok(Err(_)) | Err(_) => {
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+            None
+        }
+    }
+}

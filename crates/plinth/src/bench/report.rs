@@ -1,0 +1,251 @@
+//! What `plinth bench http` prints: a table of every measurement, then the
+//! comparisons with the bare handler against the targets of the issue
+//! (p50 overhead under 50 µs, throughput at least 0.6x), or the same as a
+//! JSON document with `--json`.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::bench::http_bench::PlinthLog;
+use crate::bench::load::TargetMeasurement;
+
+/// The stack may add less than this at p50 over the bare handler.
+const P50_OVERHEAD_LIMIT_MICROSECONDS: i64 = 50;
+/// The authenticated route must keep at least this share of the bare
+/// handler's throughput.
+const THROUGHPUT_RATIO_MINIMUM: f64 = 0.6;
+const BASELINE_NAME: &str = "bare";
+/// The route the targets apply to; `health` is compared for information,
+/// to tell the cost of authentication from the cost of the rest.
+const JUDGED_TARGET_NAME: &str = "whoami";
+const COMPARED_TARGET_NAMES: [&str; 2] = ["health", JUDGED_TARGET_NAME];
+
+pub struct BenchRun {
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub throughput_connections: usize,
+    pub latency_connections: usize,
+    pub plinth_log: Option<PlinthLog>,
+    pub measurements: Vec<TargetMeasurement>,
+}
+
+impl BenchRun {
+    fn find(&self, target_name: &str, connections: usize) -> Option<&TargetMeasurement> {
+        self.measurements.iter().find(|measurement| {
+            measurement.target_name == target_name && measurement.connections == connections
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct MeasurementSummary {
+    target: &'static str,
+    path: String,
+    connections: usize,
+    requests: u64,
+    errors: u64,
+    throughput_per_second: f64,
+    p50_microseconds: u64,
+    p99_microseconds: u64,
+    p999_microseconds: u64,
+}
+
+impl MeasurementSummary {
+    fn of(measurement: &TargetMeasurement) -> MeasurementSummary {
+        MeasurementSummary {
+            target: measurement.target_name,
+            path: measurement.path.clone(),
+            connections: measurement.connections,
+            requests: measurement.successful_requests,
+            errors: measurement.failed_requests,
+            throughput_per_second: measurement.throughput_per_second(),
+            p50_microseconds: measurement.latency_percentile_microseconds(50.0),
+            p99_microseconds: measurement.latency_percentile_microseconds(99.0),
+            p999_microseconds: measurement.latency_percentile_microseconds(99.9),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Comparison {
+    target: &'static str,
+    baseline: &'static str,
+    latency_connections: usize,
+    p50_overhead_microseconds: i64,
+    throughput_connections: usize,
+    throughput_ratio: f64,
+    /// Only for the route the issue's targets apply to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verdict: Option<Verdict>,
+}
+
+#[derive(Serialize)]
+struct Verdict {
+    p50_overhead_limit_microseconds: i64,
+    p50_overhead_passes: bool,
+    throughput_ratio_minimum: f64,
+    throughput_ratio_passes: bool,
+}
+
+#[derive(Serialize)]
+struct JsonReport {
+    warmup_seconds: f64,
+    duration_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plinth_log_level: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plinth_log_bytes: Option<u64>,
+    measurements: Vec<MeasurementSummary>,
+    comparisons: Vec<Comparison>,
+}
+
+pub fn print_report(run: &BenchRun, as_json: bool) -> anyhow::Result<()> {
+    let comparisons = compare_with_baseline(run);
+    if as_json {
+        return print_json(run, comparisons);
+    }
+    print_table(run);
+    print_comparisons(&comparisons, run);
+    if let Some(plinth_log) = &run.plinth_log {
+        println!(
+            "plinth serve logged at `{}` and wrote {:.1} MiB of JSON logs during the run",
+            plinth_log.level,
+            plinth_log.bytes_written as f64 / (1024.0 * 1024.0)
+        );
+    }
+    Ok(())
+}
+
+fn compare_with_baseline(run: &BenchRun) -> Vec<Comparison> {
+    COMPARED_TARGET_NAMES
+        .iter()
+        .filter_map(|target_name| compare_one(run, target_name))
+        .collect()
+}
+
+/// `None` when the baseline or the target has no answered request in a
+/// pass, since percentiles of nothing would read as zero.
+fn compare_one(run: &BenchRun, target_name: &'static str) -> Option<Comparison> {
+    let latency_baseline = answered(run.find(BASELINE_NAME, run.latency_connections))?;
+    let latency_target = answered(run.find(target_name, run.latency_connections))?;
+    let throughput_baseline = answered(run.find(BASELINE_NAME, run.throughput_connections))?;
+    let throughput_target = answered(run.find(target_name, run.throughput_connections))?;
+    let p50_overhead_microseconds = p50_as_signed(latency_target) - p50_as_signed(latency_baseline);
+    let throughput_ratio =
+        throughput_target.throughput_per_second() / throughput_baseline.throughput_per_second();
+    let verdict = (target_name == JUDGED_TARGET_NAME).then(|| Verdict {
+        p50_overhead_limit_microseconds: P50_OVERHEAD_LIMIT_MICROSECONDS,
+        p50_overhead_passes: p50_overhead_microseconds < P50_OVERHEAD_LIMIT_MICROSECONDS,
+        throughput_ratio_minimum: THROUGHPUT_RATIO_MINIMUM,
+        throughput_ratio_passes: throughput_ratio >= THROUGHPUT_RATIO_MINIMUM,
+    });
+    Some(Comparison {
+        target: target_name,
+        baseline: BASELINE_NAME,
+        latency_connections: run.latency_connections,
+        p50_overhead_microseconds,
+        throughput_connections: run.throughput_connections,
+        throughput_ratio,
+        verdict,
+    })
+}
+
+fn answered(measurement: Option<&TargetMeasurement>) -> Option<&TargetMeasurement> {
+    measurement.filter(|measurement| measurement.successful_requests > 0)
+}
+
+fn p50_as_signed(measurement: &TargetMeasurement) -> i64 {
+    i64::try_from(measurement.latency_percentile_microseconds(50.0)).unwrap_or(i64::MAX)
+}
+
+fn print_json(run: &BenchRun, comparisons: Vec<Comparison>) -> anyhow::Result<()> {
+    let report = JsonReport {
+        warmup_seconds: run.warmup.as_secs_f64(),
+        duration_seconds: run.duration.as_secs_f64(),
+        plinth_log_level: run.plinth_log.as_ref().map(|log| log.level.clone()),
+        plinth_log_bytes: run.plinth_log.as_ref().map(|log| log.bytes_written),
+        measurements: run.measurements.iter().map(MeasurementSummary::of).collect(),
+        comparisons,
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn print_table(run: &BenchRun) {
+    println!(
+        "{:<8} {:<14} {:>5} {:>10} {:>7} {:>10} {:>8} {:>8} {:>8}",
+        "target", "path", "conns", "requests", "errors", "req/s", "p50 µs", "p99 µs", "p999 µs"
+    );
+    for measurement in &run.measurements {
+        let summary = MeasurementSummary::of(measurement);
+        println!(
+            "{:<8} {:<14} {:>5} {:>10} {:>7} {:>10.0} {:>8} {:>8} {:>8}",
+            summary.target,
+            summary.path,
+            summary.connections,
+            summary.requests,
+            summary.errors,
+            summary.throughput_per_second,
+            summary.p50_microseconds,
+            summary.p99_microseconds,
+            summary.p999_microseconds
+        );
+    }
+}
+
+fn print_comparisons(comparisons: &[Comparison], run: &BenchRun) {
+    if comparisons.is_empty() {
+        println!(
+            "no comparison: there is no bare baseline (start without --target, or pass --bare URL), or a target answered nothing"
+        );
+        return;
+    }
+    println!();
+    for comparison in comparisons {
+        print_comparison(comparison);
+    }
+    if run.latency_connections == run.throughput_connections {
+        println!(
+            "(one pass only: latency and throughput come from the same {} connection(s))",
+            run.latency_connections
+        );
+    }
+}
+
+fn print_comparison(comparison: &Comparison) {
+    let Some(verdict) = &comparison.verdict else {
+        println!(
+            "{} vs {}: p50 overhead {:+} µs at {} connection(s), throughput ratio {:.2} at {} connection(s) (no target; for telling costs apart)",
+            comparison.target,
+            comparison.baseline,
+            comparison.p50_overhead_microseconds,
+            comparison.latency_connections,
+            comparison.throughput_ratio,
+            comparison.throughput_connections
+        );
+        return;
+    };
+    println!(
+        "{} vs {}: p50 overhead {:+} µs at {} connection(s), limit < {} µs: {}",
+        comparison.target,
+        comparison.baseline,
+        comparison.p50_overhead_microseconds,
+        comparison.latency_connections,
+        verdict.p50_overhead_limit_microseconds,
+        pass_or_fail(verdict.p50_overhead_passes)
+    );
+    println!(
+        "{} vs {}: throughput ratio {:.2} at {} connection(s), minimum {:.1}: {}",
+        comparison.target,
+        comparison.baseline,
+        comparison.throughput_ratio,
+        comparison.throughput_connections,
+        verdict.throughput_ratio_minimum,
+        pass_or_fail(verdict.throughput_ratio_passes)
+    );
+}
+
+fn pass_or_fail(passes: bool) -> &'static str {
+    if passes { "PASS" } else { "FAIL" }
+}
