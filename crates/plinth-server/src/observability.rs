@@ -10,7 +10,7 @@ use opentelemetry::propagation::Extractor;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Every metric Plinth publishes: name, type, labels, meaning.
-/// `docs/METRICS.md` is generated from the same list (`plinth metrics-doc`).
+/// A test checks that `docs/METRICS.md` documents each of them.
 pub const METRICS_DOCUMENTATION: &[(&str, &str, &str, &str)] = &[
     (
         "plinth_build_info",
