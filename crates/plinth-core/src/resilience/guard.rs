@@ -6,6 +6,7 @@
 //! [`GuardedCallError::into_plinth_error`], so breaker rejections and
 //! timeouts look the same for every engine.
 
+use tracing::Instrument;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,7 +142,13 @@ impl EngineGuard {
             Some(caller_deadline) => call_deadline.earlier(caller_deadline),
             None => call_deadline,
         };
-        let outcome = effective_deadline.run(future).await;
+        // One span per engine call, so traces show where a request's time went.
+        let span = tracing::info_span!(
+            "engine_call",
+            engine = self.breaker.name(),
+            operation = operation_name
+        );
+        let outcome = effective_deadline.run(future.instrument(span)).await;
         self.settle(
             operation_name,
             started,
