@@ -13,9 +13,9 @@ use async_trait::async_trait;
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
-use plinth_core::Error;
+use plinth_core::{Error, HumanDuration};
 use plinth_core::config::PostgresConfig;
-use plinth_core::resilience::{CircuitBreaker, EngineGuard};
+use plinth_core::resilience::{CircuitBreaker, EngineGuard, RetryBudget, RetryBudgetConfig, RetryPolicy, retry};
 use tokio_postgres::NoTls;
 
 use crate::health::{HealthProbe, ProbeFailure};
@@ -31,6 +31,8 @@ pub struct PostgresEngine {
     pool: Pool,
     config: PostgresConfig,
     guard: EngineGuard,
+    acquire_retry_policy: RetryPolicy,
+    retry_budget: RetryBudget,
 }
 
 /// Maps a driver error to a Plinth error without leaking connection
@@ -86,6 +88,13 @@ impl PostgresEngine {
             pool,
             config: config.clone(),
             guard: EngineGuard::new(breaker, call_timeout),
+            acquire_retry_policy: RetryPolicy {
+                max_attempts: 3,
+                initial_backoff: HumanDuration::from_millis(20),
+                max_backoff: HumanDuration::from_millis(200),
+                multiplier: 2.0,
+            },
+            retry_budget: RetryBudgetConfig::default().build(),
         });
         engine.fill_to_minimum().await?;
         engine.publish_gauges();
@@ -98,13 +107,26 @@ impl PostgresEngine {
     }
 
     /// Takes a connection from the pool, waiting at most `acquire_timeout`.
+    /// Getting a connection changes nothing, so a failure to open one is
+    /// retried with jittered backoff, within the retry budget; an exhausted
+    /// pool or an open breaker is not retried.
     pub async fn acquire(&self) -> Result<PooledClient, Error> {
         let started = Instant::now();
-        let acquired = self.guard.call("acquire", self.pool.get()).await;
+        let acquired = retry(
+            &self.acquire_retry_policy,
+            Some(&self.retry_budget),
+            is_worth_retrying,
+            |_attempt| self.acquire_once(),
+        )
+        .await;
         metrics::histogram!("plinth_pool_acquire_duration_seconds", "engine" => ENGINE_NAME)
             .record(started.elapsed().as_secs_f64());
         self.publish_gauges();
-        match acquired {
+        acquired
+    }
+
+    async fn acquire_once(&self) -> Result<PooledClient, Error> {
+        match self.guard.call("acquire", self.pool.get()).await {
             Ok(client) => Ok(client),
             Err(guarded_error) => Err(guarded_error.into_plinth_error(ENGINE_NAME, pool_failure)),
         }
@@ -160,6 +182,11 @@ impl PostgresEngine {
             .set(status.max_size as f64);
         metrics::gauge!("plinth_pool_waiters", "engine" => ENGINE_NAME).set(status.waiting as f64);
     }
+}
+
+/// Only a failure to open a connection is worth another try.
+fn is_worth_retrying(error: &Error) -> bool {
+    error.code() == "engine_unavailable" && !error.detail().contains("breaker")
 }
 
 fn pool_failure(pool_error: PoolError) -> Error {
