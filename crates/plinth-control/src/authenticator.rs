@@ -72,7 +72,15 @@ pub struct Authenticator {
     jwt: Option<JwtVerifier>,
     bootstrap_key_sha256: Option<[u8; 32]>,
     mode: AuthMode,
-    key_cache: Mutex<HashMap<String, CachedKey>>,
+    key_cache: Mutex<KeyCache>,
+}
+
+/// Cached key records, and a counter bumped by every forget, so a lookup
+/// that raced a revocation does not put the stale record back.
+#[derive(Default)]
+struct KeyCache {
+    records: HashMap<String, CachedKey>,
+    forget_generation: u64,
 }
 
 impl Authenticator {
@@ -83,7 +91,7 @@ impl Authenticator {
             jwt: JwtVerifier::from_config(&config.jwt)?,
             bootstrap_key_sha256: bootstrap_key.map(|key| Sha256::digest(key.as_bytes()).into()),
             mode: config.mode,
-            key_cache: Mutex::new(HashMap::new()),
+            key_cache: Mutex::new(KeyCache::default()),
         })
     }
 
@@ -138,17 +146,19 @@ impl Authenticator {
 
     /// Drops a cached key so a revocation on this node applies at once.
     pub fn forget_key(&self, key_id: &str) {
-        self.key_cache.lock().remove(key_id);
+        let mut cache = self.key_cache.lock();
+        cache.records.remove(key_id);
+        cache.forget_generation += 1;
     }
 
     /// Drops every cached key of a deleted tenant.
     pub fn forget_tenant(&self, tenant: &TenantId) {
-        self.key_cache
-            .lock()
-            .retain(|_, cached| match &cached.record {
-                Some(record) => &record.tenant != tenant,
-                None => true,
-            });
+        let mut cache = self.key_cache.lock();
+        cache.records.retain(|_, cached| match &cached.record {
+            Some(record) => &record.tenant != tenant,
+            None => true,
+        });
+        cache.forget_generation += 1;
     }
 
     fn is_bootstrap_key(&self, token: &str) -> bool {
@@ -190,17 +200,25 @@ impl Authenticator {
     }
 
     async fn lookup_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, Error> {
-        if let Some(cached) = self.key_cache.lock().get(key_id)
-            && cached.loaded_at.elapsed() < API_KEY_CACHE_TTL
-        {
-            return Ok(cached.record.clone());
-        }
+        let generation_before_read = {
+            let cache = self.key_cache.lock();
+            if let Some(cached) = cache.records.get(key_id)
+                && cached.loaded_at.elapsed() < API_KEY_CACHE_TTL
+            {
+                return Ok(cached.record.clone());
+            }
+            cache.forget_generation
+        };
         let record = self.store.get_api_key(key_id).await?;
         let mut cache = self.key_cache.lock();
-        if cache.len() >= API_KEY_CACHE_CAPACITY {
-            cache.clear();
+        if cache.forget_generation != generation_before_read {
+            // A revocation happened while we read: our copy may predate it.
+            return Ok(record);
         }
-        cache.insert(
+        if cache.records.len() >= API_KEY_CACHE_CAPACITY {
+            cache.records.clear();
+        }
+        cache.records.insert(
             key_id.to_string(),
             CachedKey {
                 record: record.clone(),

@@ -145,7 +145,9 @@ impl JwtVerifier {
         })?;
         let scopes = match claims.get(&self.scopes_claim) {
             None => ScopeSet::default(),
-            Some(Value::String(text)) => ScopeSet::parse_space_separated(text)?,
+            Some(Value::String(text)) => {
+                ScopeSet::parse_space_separated(text).map_err(invalid_scope_claim)?
+            }
             Some(Value::Array(items)) => {
                 let mut texts = Vec::with_capacity(items.len());
                 for item in items {
@@ -154,7 +156,7 @@ impl JwtVerifier {
                     };
                     texts.push(text.as_str());
                 }
-                ScopeSet::parse_all(texts)?
+                ScopeSet::parse_all(texts).map_err(invalid_scope_claim)?
             }
             Some(_) => {
                 return Err(Error::unauthenticated(
@@ -172,6 +174,15 @@ impl JwtVerifier {
             scopes,
         })
     }
+}
+
+/// A token whose scopes do not parse is a bad credential (401), not a bad
+/// request: the caller cannot fix it by changing the request.
+fn invalid_scope_claim(scope_error: Error) -> Error {
+    Error::unauthenticated(format!(
+        "the token's scope claim is invalid: {}",
+        scope_error.detail()
+    ))
 }
 
 fn decode_claims(

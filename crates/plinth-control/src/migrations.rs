@@ -187,7 +187,11 @@ pub(crate) fn tenant_not_found(id: &TenantId) -> Error {
 }
 
 pub(crate) fn key_not_found(id: &str) -> Error {
-    Error::not_found("key_not_found", format!("API key `{id}` does not exist"))
+    let shown: String = id.chars().take(64).collect();
+    Error::not_found(
+        "key_not_found",
+        format!("no key `{}` in this tenant", shown.escape_debug()),
+    )
 }
 
 pub(crate) fn key_exists(id: &str) -> Error {

@@ -45,7 +45,7 @@ impl Scope {
         if !is_scope_word(block) || !is_scope_word(action) {
             return Err(invalid_scope(
                 text,
-                "block and action must be lowercase words (`cache`, `read`) or `*`",
+                "must have a block and an action that are lowercase words (`cache`, `read`) or `*`",
             ));
         }
         if let Some(pattern) = resource_pattern
@@ -53,7 +53,7 @@ impl Scope {
         {
             return Err(invalid_scope(
                 text,
-                "the pattern may contain only letters, digits, `-`, `_`, `.`, `:`, `@` and `*`",
+                "must have a pattern of only letters, digits, `-`, `_`, `.`, `:`, `@` and `*`",
             ));
         }
         Ok(Scope::Grant {

@@ -20,6 +20,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// The named resource does not exist for this tenant (404).
     NotFound,
+    /// The route exists but not with this method (405).
+    MethodNotAllowed,
     /// The resource exists already or the request conflicts with its state (409).
     Conflict,
     /// A conditional request's precondition did not hold (412).

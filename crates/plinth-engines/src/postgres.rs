@@ -13,9 +13,11 @@ use async_trait::async_trait;
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
-use plinth_core::{Error, HumanDuration};
 use plinth_core::config::PostgresConfig;
-use plinth_core::resilience::{CircuitBreaker, EngineGuard, RetryBudget, RetryBudgetConfig, RetryPolicy, retry};
+use plinth_core::resilience::{
+    CircuitBreaker, EngineGuard, RetryBudget, RetryBudgetConfig, RetryPolicy, retry,
+};
+use plinth_core::{Error, HumanDuration};
 use tokio_postgres::NoTls;
 
 use crate::health::{HealthProbe, ProbeFailure};

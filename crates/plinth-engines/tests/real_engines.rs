@@ -62,9 +62,14 @@ async fn connect_postgres(test_name: &str) -> Option<Arc<PostgresEngine>> {
         acquire_timeout: HumanDuration::from_millis(500),
         ..PostgresConfig::default()
     };
-    let engine = PostgresEngine::connect(&url, &config, quick_breaker("postgres"), Duration::from_secs(5))
-        .await
-        .expect("connect to the test postgres");
+    let engine = PostgresEngine::connect(
+        &url,
+        &config,
+        quick_breaker("postgres"),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("connect to the test postgres");
     Some(engine)
 }
 
@@ -80,7 +85,13 @@ async fn postgres_migrations_apply_once_and_refuse_edited_history() {
     assert!(second[0].newly_applied.is_empty());
     assert_eq!(second[0].already_applied, 2);
     let edited = store.migrate(&[&EDITED_MIGRATIONS]).await.unwrap_err();
-    assert!(edited.detail().contains("already applied with different SQL"), "{}", edited.detail());
+    assert!(
+        edited
+            .detail()
+            .contains("already applied with different SQL"),
+        "{}",
+        edited.detail()
+    );
 }
 
 #[tokio::test]
@@ -92,7 +103,9 @@ async fn postgres_concurrent_migrators_apply_each_migration_once() {
     let mut runs = Vec::new();
     for _ in 0..4 {
         let store = store.clone();
-        runs.push(tokio::spawn(async move { store.migrate(&[&TEST_MIGRATIONS]).await }));
+        runs.push(tokio::spawn(async move {
+            store.migrate(&[&TEST_MIGRATIONS]).await
+        }));
     }
     let mut total_newly_applied = 0;
     for run in runs {
@@ -136,12 +149,23 @@ async fn postgres_unreachable_fails_to_connect_with_a_clear_error() {
         acquire_timeout: HumanDuration::from_millis(300),
         ..PostgresConfig::default()
     };
-    let error = match PostgresEngine::connect(&url, &config, quick_breaker("postgres"), Duration::from_millis(500)).await {
+    let error = match PostgresEngine::connect(
+        &url,
+        &config,
+        quick_breaker("postgres"),
+        Duration::from_millis(500),
+    )
+    .await
+    {
         Ok(_) => panic!("connecting to a closed port must fail"),
         Err(error) => error,
     };
     assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
-    assert!(!error.detail().contains("plinth@"), "the URL must not leak: {}", error.detail());
+    assert!(
+        !error.detail().contains("plinth@"),
+        "the URL must not leak: {}",
+        error.detail()
+    );
 }
 
 #[tokio::test]
@@ -195,7 +219,16 @@ impl OwnedRedis {
 
     fn spawn(&mut self) -> bool {
         let spawned = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(self.directory.path())
             .stdout(Stdio::null())
@@ -237,7 +270,12 @@ async fn redis_outage_opens_the_breaker_and_recovery_closes_it() {
         panic!("redis-server must be on PATH where the test engines run");
     };
     let breaker = quick_breaker("redis");
-    let engine = RedisEngine::start(&owned_redis.url(), Arc::clone(&breaker), Duration::from_millis(300)).unwrap();
+    let engine = RedisEngine::start(
+        &owned_redis.url(),
+        Arc::clone(&breaker),
+        Duration::from_millis(300),
+    )
+    .unwrap();
     engine.wait_connected(Duration::from_secs(5)).await.unwrap();
     engine.probe().await.unwrap();
 
@@ -261,7 +299,10 @@ async fn redis_outage_opens_the_breaker_and_recovery_closes_it() {
             break;
         }
     }
-    assert!(recovered, "the connection should come back and the breaker close once redis is back");
+    assert!(
+        recovered,
+        "the connection should come back and the breaker close once redis is back"
+    );
 }
 
 #[tokio::test]
@@ -279,9 +320,18 @@ async fn redis_down_at_start_is_reported_not_fatal() {
     let error = engine.connection().unwrap_err();
     assert_eq!(error.code(), "engine_unavailable");
     assert!(engine.probe().await.is_err());
-    assert!(engine.wait_connected(Duration::from_millis(300)).await.is_err());
+    assert!(
+        engine
+            .wait_connected(Duration::from_millis(300))
+            .await
+            .is_err()
+    );
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -120,6 +120,15 @@ async fn route_not_found() -> ApiError {
     ))
 }
 
+/// 405 for a known path with the wrong method, as a problem document.
+async fn method_not_allowed() -> ApiError {
+    ApiError(plinth_core::Error::new(
+        plinth_core::ErrorKind::MethodNotAllowed,
+        "method_not_allowed",
+        "this route does not accept this method; see /v1/openapi.json",
+    ))
+}
+
 pub fn build_router(state: AppState) -> Router {
     let document_json = Arc::new(
         serde_json::to_string(&openapi_document()).expect("the OpenAPI document serializes"),
@@ -143,7 +152,8 @@ pub fn build_router(state: AppState) -> Router {
         .merge(authenticated_router)
         .with_state(state.clone())
         .merge(openapi_router)
-        .fallback(route_not_found);
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed);
     apply_middleware(router, &state.config.server)
 }
 
@@ -261,12 +271,18 @@ mod tests {
         let response = router.clone().oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(response.headers()["x-request-id"], "panic-test-1");
-        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
         let problem = problem_body(response).await;
         assert_eq!(problem["code"], "internal");
         assert_eq!(problem["request_id"], "panic-test-1");
 
-        let after = router.oneshot(Request::get("/fine").body(Body::empty()).unwrap()).await.unwrap();
+        let after = router
+            .oneshot(Request::get("/fine").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         assert_eq!(after.status(), StatusCode::OK);
     }
 

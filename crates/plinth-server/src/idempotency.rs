@@ -57,6 +57,9 @@ pub async fn idempotency(State(state): State<AppState>, request: Request, next: 
     let Some(principal) = request.extensions().get::<Principal>().cloned() else {
         return ApiError(Error::internal("idempotency runs after authentication")).into_response();
     };
+    // Records are per credential, not just per tenant: a replay must never
+    // hand one credential a response that its own scopes would refuse.
+    let key = format!("{}\u{1f}{key}", principal.actor);
 
     let (parts, body) = request.into_parts();
     let body_bytes = match read_body(body, state.config.server.max_body_bytes).await {

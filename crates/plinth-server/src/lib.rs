@@ -9,6 +9,7 @@
 
 mod app;
 mod audit;
+mod extract;
 mod health_service;
 mod idempotency;
 mod json;

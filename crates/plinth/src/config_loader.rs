@@ -41,7 +41,11 @@ pub fn load(sources: &ConfigSources) -> Result<PlinthConfig, String> {
     }
     figment = figment.merge(
         Env::prefixed("PLINTH_")
-            .filter(|key| !key.as_str().starts_with(IGNORED_ENVIRONMENT_PREFIX))
+            .filter(|key| {
+                !key.as_str()
+                    .to_ascii_lowercase()
+                    .starts_with(IGNORED_ENVIRONMENT_PREFIX)
+            })
             .split("__"),
     );
     if let Some(data_dir) = &sources.data_dir {

@@ -103,7 +103,9 @@ async fn enforced_mode_refuses_missing_and_malformed_credentials() {
     }
     // Not an API key, and no JWT keys are configured.
     assert_unauthenticated(
-        &api.with_token("just-some-opaque-token").get("/v1/whoami").await,
+        &api.with_token("just-some-opaque-token")
+            .get("/v1/whoami")
+            .await,
         "not valid",
     );
     // The bootstrap key works.
@@ -119,7 +121,11 @@ async fn forged_and_wrong_secret_keys_get_the_same_answer() {
     admin.create_tenant("alpha").await;
     let key = admin.create_tenant_key("alpha", &["keys:read"]).await;
 
-    let forged = node.anonymous().with_token(&forged_key()).get("/v1/whoami").await;
+    let forged = node
+        .anonymous()
+        .with_token(&forged_key())
+        .get("/v1/whoami")
+        .await;
     assert_unauthenticated(&forged, "not valid");
     let wrong_secret = node
         .anonymous()
@@ -133,7 +139,11 @@ async fn forged_and_wrong_secret_keys_get_the_same_answer() {
         "a caller must not learn which key ids exist"
     );
 
-    let who = node.anonymous().with_token(&key.secret).get("/v1/whoami").await;
+    let who = node
+        .anonymous()
+        .with_token(&key.secret)
+        .get("/v1/whoami")
+        .await;
     assert_eq!(who.status, 200, "{}", who.text());
     assert_eq!(who.json()["actor"], format!("key:{}", key.id));
     assert_eq!(who.json()["tenant"], "alpha");
@@ -375,7 +385,10 @@ async fn admin_actions_and_auth_failures_are_audited_and_survive_a_restart() {
         }
     })
     .await;
-    assert!(failure_recorded, "the auth failure was not audited within 3s");
+    assert!(
+        failure_recorded,
+        "the auth failure was not audited within 3s"
+    );
     let failures = audit_entries(&admin, "auth.failure").await;
     let failure_entry = failures
         .iter()
@@ -383,7 +396,10 @@ async fn admin_actions_and_auth_failures_are_audited_and_survive_a_restart() {
         .unwrap();
     assert_eq!(failure_entry["outcome"], "denied", "{failure_entry}");
     assert_eq!(failure_entry["actor"], "anonymous", "{failure_entry}");
-    assert_eq!(failure_entry["source_address"], "127.0.0.1", "{failure_entry}");
+    assert_eq!(
+        failure_entry["source_address"], "127.0.0.1",
+        "{failure_entry}"
+    );
     assert_eq!(failure_entry["target"], "/v1/whoami", "{failure_entry}");
     let failure_text = failure_entry.to_string();
     assert!(!failure_text.contains(&forged_key()), "{failure_text}");
@@ -465,6 +481,10 @@ async fn hs256_tokens_are_verified() {
     wrong_audience["aud"] = json!("someone-else");
     let mut no_tenant = claims("alpha", "alice");
     no_tenant.as_object_mut().unwrap().remove("tenant");
+    let mut no_expiry = claims("alpha", "alice");
+    no_expiry.as_object_mut().unwrap().remove("exp");
+    let mut not_yet_valid = claims("alpha", "alice");
+    not_yet_valid["nbf"] = json!(unix_now() + 3600);
     let unsigned = {
         let payload = valid.split('.').nth(1).unwrap();
         format!("{ALG_NONE_HEADER}.{payload}.")
@@ -474,15 +494,35 @@ async fn hs256_tokens_are_verified() {
         (hs256_token(&wrong_issuer, JWT_SECRET), "issuer"),
         (hs256_token(&wrong_audience, JWT_SECRET), "audience"),
         (
-            hs256_token(&claims("alpha", "alice"), "another-secret-entirely-0123456789"),
+            hs256_token(
+                &claims("alpha", "alice"),
+                "another-secret-entirely-0123456789",
+            ),
             "signature",
         ),
         (hs256_token(&no_tenant, JWT_SECRET), "tenant"),
+        (hs256_token(&no_expiry, JWT_SECRET), "exp"),
+        (hs256_token(&not_yet_valid, JWT_SECRET), "nbf"),
         (unsigned, ""),
     ];
     for (token, detail_fragment) in cases {
         let reply = api.with_token(&token).get("/v1/whoami").await;
         assert_unauthenticated(&reply, detail_fragment);
+    }
+}
+
+/// A token whose signature is fine but whose scope claim is garbage is a
+/// bad credential (401), not a bad request.
+#[tokio::test]
+async fn a_jwt_with_malformed_scopes_is_unauthenticated() {
+    let node = Node::start(jwt_options().env("PLINTH_AUTH__JWT__HS256_SECRET", JWT_SECRET)).await;
+    let api = node.anonymous();
+    for scope in [json!("Not A Scope"), json!(["keys:read", 7]), json!(42)] {
+        let mut bad_scopes = claims("alpha", "mallory");
+        bad_scopes["scope"] = scope.clone();
+        let token = hs256_token(&bad_scopes, JWT_SECRET);
+        let reply = api.with_token(&token).get("/v1/whoami").await;
+        assert_unauthenticated(&reply, "scope");
     }
 }
 
@@ -519,16 +559,19 @@ async fn rs256_tokens_are_verified_with_the_configured_public_key() {
     if !generate_rsa_key_pair(keys.path(), "trusted")
         || !generate_rsa_key_pair(keys.path(), "untrusted")
     {
-        eprintln!("skipping rs256_tokens_are_verified_with_the_configured_public_key: openssl is not usable");
+        eprintln!(
+            "skipping rs256_tokens_are_verified_with_the_configured_public_key: openssl is not usable"
+        );
         return;
     }
     let public_key_files = format!(
         r#"["{}"]"#,
         keys.path().join("trusted.public.pem").display()
     );
-    let node = Node::start(
-        jwt_options().env("PLINTH_AUTH__JWT__RS256_PUBLIC_KEY_FILES", &public_key_files),
-    )
+    let node = Node::start(jwt_options().env(
+        "PLINTH_AUTH__JWT__RS256_PUBLIC_KEY_FILES",
+        &public_key_files,
+    ))
     .await;
     let api = node.anonymous();
 
@@ -545,7 +588,10 @@ async fn rs256_tokens_are_verified_with_the_configured_public_key() {
         &claims("beta", "robot"),
         &keys.path().join("untrusted.private.pem"),
     );
-    assert_unauthenticated(&api.with_token(&forged).get("/v1/whoami").await, "signature");
+    assert_unauthenticated(
+        &api.with_token(&forged).get("/v1/whoami").await,
+        "signature",
+    );
 
     // No HS256 secret is configured: an HS256 token is refused.
     let hs256 = hs256_token(&claims("beta", "robot"), JWT_SECRET);
@@ -601,7 +647,11 @@ async fn a_tenant_cannot_see_read_revoke_or_probe_another_tenants_keys() {
     assert!(beta_items.iter().all(|key| key["tenant"] == "beta"));
     assert!(!beta_list.to_string().contains(&alpha_worker.id));
     let alpha_list = tenants.alpha.get("/v1/keys").await.json();
-    assert_eq!(alpha_list["items"].as_array().unwrap().len(), 2, "{alpha_list}");
+    assert_eq!(
+        alpha_list["items"].as_array().unwrap().len(),
+        2,
+        "{alpha_list}"
+    );
 
     // Reading by id: another tenant's key looks exactly like a missing one.
     let other_tenants = tenants
@@ -710,6 +760,10 @@ async fn deleting_a_tenant_locks_out_its_keys() {
         .await
         .expect_problem(404, "tenant_not_found");
     assert_eq!(tenants.alpha.get("/v1/keys").await.status, 200);
+
+    // A new tenant with the same id does not bring the old keys back.
+    node.admin().create_tenant("beta").await;
+    assert_unauthenticated(&tenants.beta.get("/v1/keys").await, "");
 }
 
 #[test]
@@ -737,5 +791,9 @@ fn bootstrap_key_must_be_long_enough() {
         "{}",
         output.all_output()
     );
-    assert!(!output.stderr.contains("too-short"), "{}", output.all_output());
+    assert!(
+        !output.stderr.contains("too-short"),
+        "{}",
+        output.all_output()
+    );
 }

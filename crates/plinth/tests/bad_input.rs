@@ -59,12 +59,7 @@ fn assert_detail_mentions(problem: &Value, fragment: &str) {
 async fn malformed_json_is_a_400() {
     let node = start_node().await;
     let admin = node.admin();
-    for body in [
-        &b"{\"id\": \"alpha\""[..],
-        b"{id: alpha}",
-        b"",
-        b"\xff\xfe",
-    ] {
+    for body in [&b"{\"id\": \"alpha\""[..], b"{id: alpha}", b"", b"\xff\xfe"] {
         let reply = post_raw(
             &admin,
             "/v1/admin/tenants",
@@ -98,7 +93,10 @@ async fn wrong_types_and_missing_fields_are_a_422_naming_the_field() {
     let admin = node.admin();
     for (body, field) in [
         (json!({ "id": 5 }), "id"),
-        (json!({ "id": "alpha", "display_name": ["x"] }), "display_name"),
+        (
+            json!({ "id": "alpha", "display_name": ["x"] }),
+            "display_name",
+        ),
         (json!({ "display_name": "no id" }), "id"),
         (json!(["alpha"]), ""),
     ] {
@@ -141,7 +139,11 @@ async fn bodies_that_are_not_json_are_a_415() {
     let node = start_node().await;
     let admin = node.admin();
     let body = br#"{"id":"alpha"}"#.to_vec();
-    for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
         let reply = post_raw(&admin, "/v1/admin/tenants", content_type, body.clone()).await;
         let problem = reply.expect_problem(415, "unsupported_media_type");
         assert_detail_mentions(&problem, "application/json");
@@ -381,7 +383,7 @@ async fn pagination_walks_every_item_and_bad_parameters_are_a_400() {
 }
 
 #[tokio::test]
-async fn unparsable_query_strings_are_problem_documents() {
+async fn unparsable_query_strings_and_paths_are_problem_documents() {
     let node = start_node().await;
     let admin = node.admin();
     for path in [
@@ -389,13 +391,15 @@ async fn unparsable_query_strings_are_problem_documents() {
         "/v1/admin/tenants?limit=-1",
         "/v1/keys?bogus=1",
         "/v1/admin/audit?limit=1e3",
+        "/v1/admin/tenants/%FF",
+        "/v1/keys/%FF%FE",
     ] {
         let reply = admin.get(path).await;
         assert_eq!(reply.status, 400, "{path}: {}", reply.text());
         assert_eq!(
             reply.header("content-type").as_deref(),
             Some("application/problem+json"),
-            "{path}: a bad query string must be a problem document, got {:?}",
+            "{path}: a bad query string or path must be a problem document, got {:?}",
             reply.text()
         );
         let problem = reply.json();
@@ -410,13 +414,64 @@ async fn a_non_ascii_authorization_header_is_a_401() {
     let node = start_node().await;
     let api = node.anonymous();
     let reply = api
-        .send(
-            api.request(Method::GET, "/v1/whoami").header(
-                "authorization",
-                reqwest::header::HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap(),
-            ),
-        )
+        .send(api.request(Method::GET, "/v1/whoami").header(
+            "authorization",
+            reqwest::header::HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap(),
+        ))
         .await;
     let problem = reply.expect_problem(401, "unauthenticated");
     assert_detail_mentions(&problem, "ASCII");
+}
+
+#[tokio::test]
+async fn json_with_a_charset_is_accepted() {
+    let node = start_node().await;
+    let admin = node.admin();
+    let reply = post_raw(
+        &admin,
+        "/v1/admin/tenants",
+        Some("application/json; charset=utf-8"),
+        br#"{"id":"charset"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+}
+
+#[tokio::test]
+async fn too_many_scopes_are_refused() {
+    let node = start_node().await;
+    let admin = node.admin();
+    admin.create_tenant("alpha").await;
+    let scopes: Vec<String> = (0..65).map(|index| format!("k:r:p{index}")).collect();
+    let reply = admin
+        .post_json(
+            "/v1/admin/tenants/alpha/keys",
+            &json!({ "name": "wide", "scopes": scopes }),
+        )
+        .await;
+    let problem = reply.expect_problem(400, "invalid_scope");
+    assert_detail_mentions(&problem, "64");
+    let keys = admin.get("/v1/admin/tenants/alpha/keys").await.json();
+    assert_eq!(keys["items"], json!([]));
+}
+
+/// A hostile, very long path parameter is not echoed back whole.
+#[tokio::test]
+async fn long_key_ids_are_not_echoed_whole() {
+    let node = start_node().await;
+    let admin = node.admin();
+    let long_id = "f".repeat(2000);
+    let path = format!("/v1/keys/{long_id}");
+    for (method, reply) in [
+        ("GET", admin.get(&path).await),
+        ("DELETE", admin.delete(&path).await),
+    ] {
+        let problem = reply.expect_problem(404, "key_not_found");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.len() < 300,
+            "{method}: a {}-character detail echoes the whole id",
+            detail.len()
+        );
+    }
 }

@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::io::Read;
+
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -119,7 +121,11 @@ async fn wrong_method_on_a_known_route_is_a_405_problem_document() {
     );
     let problem = reply.json();
     assert_eq!(problem["status"], 405);
-    assert!(problem["code"].as_str().is_some_and(|code| !code.is_empty()));
+    assert!(
+        problem["code"]
+            .as_str()
+            .is_some_and(|code| !code.is_empty())
+    );
 }
 
 #[tokio::test]
@@ -147,12 +153,10 @@ async fn large_responses_are_gzip_compressed_when_the_client_accepts_it() {
 
 #[tokio::test]
 async fn cors_preflight_is_answered_for_configured_origins_only() {
-    let node = Node::start(
-        NodeOptions::enforced().env(
-            "PLINTH_SERVER__CORS__ALLOWED_ORIGINS",
-            r#"["https://app.example"]"#,
-        ),
-    )
+    let node = Node::start(NodeOptions::enforced().env(
+        "PLINTH_SERVER__CORS__ALLOWED_ORIGINS",
+        r#"["https://app.example"]"#,
+    ))
     .await;
     let api = node.anonymous();
 
@@ -301,7 +305,10 @@ async fn every_documented_operation_is_served() {
                 request = request.json(&json!({}));
             }
             let reply = api.send(request).await;
-            assert_ne!(reply.status, 405, "{method} {path} is documented but not served");
+            assert_ne!(
+                reply.status, 405,
+                "{method} {path} is documented but not served"
+            );
             if reply.status == 404 {
                 assert_ne!(
                     reply.json()["code"],
@@ -377,10 +384,9 @@ async fn logs_are_json_lines_and_each_line_of_a_request_carries_its_id() {
 #[tokio::test]
 async fn credentials_never_reach_the_log() {
     const JWT_SECRET: &str = "hs256-secret-that-must-not-be-logged-0123456789";
-    let node = Node::start(
-        NodeOptions::enforced().env("PLINTH_AUTH__JWT__HS256_SECRET", JWT_SECRET),
-    )
-    .await;
+    let node =
+        Node::start(NodeOptions::enforced().env("PLINTH_AUTH__JWT__HS256_SECRET", JWT_SECRET))
+            .await;
     let admin = node.admin();
     admin.create_tenant("logcheck").await;
     let key = admin
@@ -423,7 +429,27 @@ async fn credentials_never_reach_the_log() {
         failing_tokens[2],
         "dXNlcjpwYXNzd29yZC1ub3QtdG8tbG9n",
     ] {
-        assert!(!logs.contains(secret), "the log contains `{secret}`:\n{logs}");
+        assert!(
+            !logs.contains(secret),
+            "the log contains `{secret}`:\n{logs}"
+        );
     }
-    assert!(!logs.contains("Bearer "), "the log contains a bearer header:\n{logs}");
+    assert!(
+        !logs.to_ascii_lowercase().contains("\"authorization\""),
+        "the log contains an Authorization header field:\n{logs}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_slower_than_the_limit_gets_a_504() {
+    let node =
+        Node::start(NodeOptions::enforced().env("PLINTH_SERVER__REQUEST_TIMEOUT", "1s")).await;
+    let (mut stream, _never_sent) = node.start_half_sent_tenant_creation("slow").await;
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 504"), "{response:?}");
+    assert!(response.contains("application/problem+json"), "{response}");
+    assert!(response.contains("request_timeout"), "{response}");
+    let tenants = node.admin().get("/v1/admin/tenants").await.json();
+    assert!(!tenants.to_string().contains("slow"), "{tenants}");
 }

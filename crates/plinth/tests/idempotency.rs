@@ -99,12 +99,24 @@ async fn a_replayed_key_creation_keeps_the_id_and_omits_the_secret() {
     admin.create_tenant("alpha").await;
     let body = json!({ "name": "ci", "scopes": ["keys:read"] });
 
-    let first = post_with_key(&admin, "/v1/admin/tenants/alpha/keys", "key-create-1", &body).await;
+    let first = post_with_key(
+        &admin,
+        "/v1/admin/tenants/alpha/keys",
+        "key-create-1",
+        &body,
+    )
+    .await;
     assert_eq!(first.status, 201, "{}", first.text());
     let created = first.json();
     let secret = created["secret"].as_str().expect("secret on creation");
 
-    let replay = post_with_key(&admin, "/v1/admin/tenants/alpha/keys", "key-create-1", &body).await;
+    let replay = post_with_key(
+        &admin,
+        "/v1/admin/tenants/alpha/keys",
+        "key-create-1",
+        &body,
+    )
+    .await;
     assert_eq!(replay.status, 201, "{}", replay.text());
     assert_eq!(
         replay.header("idempotency-replayed").as_deref(),
@@ -151,9 +163,21 @@ async fn a_key_is_replayed_for_a_failed_request_too() {
     let node = Node::start(NodeOptions::enforced()).await;
     let admin = node.admin();
     admin.create_tenant("eta").await;
-    let first = post_with_key(&admin, "/v1/admin/tenants", "k-dup", &json!({ "id": "eta" })).await;
+    let first = post_with_key(
+        &admin,
+        "/v1/admin/tenants",
+        "k-dup",
+        &json!({ "id": "eta" }),
+    )
+    .await;
     first.expect_problem(409, "tenant_exists");
-    let second = post_with_key(&admin, "/v1/admin/tenants", "k-dup", &json!({ "id": "eta" })).await;
+    let second = post_with_key(
+        &admin,
+        "/v1/admin/tenants",
+        "k-dup",
+        &json!({ "id": "eta" }),
+    )
+    .await;
     assert_eq!(second.status, 409);
     assert_eq!(
         second.header("idempotency-replayed").as_deref(),
@@ -163,4 +187,109 @@ async fn a_key_is_replayed_for_a_failed_request_too() {
         second.header("content-type").as_deref(),
         Some("application/problem+json")
     );
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_key_run_once() {
+    const ATTEMPTS: usize = 6;
+    let node = Node::start(NodeOptions::enforced()).await;
+    let admin = node.admin();
+    let mut attempts = tokio::task::JoinSet::new();
+    for _ in 0..ATTEMPTS {
+        let admin = admin.clone();
+        attempts.spawn(async move {
+            post_with_key(
+                &admin,
+                "/v1/admin/tenants",
+                "concurrent-1",
+                &json!({ "id": "theta" }),
+            )
+            .await
+        });
+    }
+    let replies = attempts.join_all().await;
+    let originals = replies
+        .iter()
+        .filter(|reply| reply.status == 201 && reply.header("idempotency-replayed").is_none())
+        .count();
+    assert_eq!(originals, 1, "{replies:?}");
+    for reply in &replies {
+        let replayed = reply.status == 201;
+        let in_progress = reply.status == 409 && reply.json()["code"] == "idempotency_in_progress";
+        assert!(
+            replayed || in_progress,
+            "{}: {}",
+            reply.status,
+            reply.text()
+        );
+    }
+    let theta_count = tenant_ids(&admin)
+        .await
+        .iter()
+        .filter(|id| *id == "theta")
+        .count();
+    assert_eq!(theta_count, 1);
+}
+
+#[tokio::test]
+async fn a_stored_response_survives_a_restart() {
+    let mut node = Node::start(NodeOptions::enforced()).await;
+    let body = json!({ "id": "iota" });
+    let first = post_with_key(&node.admin(), "/v1/admin/tenants", "durable-1", &body).await;
+    assert_eq!(first.status, 201);
+    let status = node.terminate();
+    assert!(status.success(), "{status}");
+    node.restart().await;
+    let replay = post_with_key(&node.admin(), "/v1/admin/tenants", "durable-1", &body).await;
+    assert_eq!(replay.status, 201, "{}", replay.text());
+    assert_eq!(
+        replay.header("idempotency-replayed").as_deref(),
+        Some("true")
+    );
+    assert_eq!(replay.json(), first.json());
+}
+
+/// A replay must not hand a caller the result of something its own
+/// credential may not do: the scope check comes before the replay.
+#[tokio::test]
+async fn a_replay_does_not_bypass_the_scope_check() {
+    let node = Node::start(NodeOptions::enforced()).await;
+    let admin = node.admin();
+    admin.create_tenant("alpha").await;
+    let writer = admin
+        .create_tenant_key("alpha", &["keys:read", "keys:write"])
+        .await;
+    let reader = admin.create_tenant_key("alpha", &["keys:read"]).await;
+    let body = json!({ "name": "made by the writer", "scopes": ["keys:read"] });
+
+    let writer_api = node.anonymous().with_token(&writer.secret);
+    let original = post_with_key(&writer_api, "/v1/keys", "writer-key-1", &body).await;
+    assert_eq!(original.status, 201, "{}", original.text());
+
+    // Admin routes: the bootstrap key acts as tenant `default`, so a
+    // plain key of that tenant shares its idempotency key space.
+    let default_reader = admin.create_tenant_key("default", &["keys:read"]).await;
+    let admin_body = json!({ "name": "made by an admin", "scopes": ["admin"] });
+    let admin_original = post_with_key(
+        &admin,
+        "/v1/admin/tenants/alpha/keys",
+        "admin-key-1",
+        &admin_body,
+    )
+    .await;
+    assert_eq!(admin_original.status, 201, "{}", admin_original.text());
+    let default_reader_api = node.anonymous().with_token(&default_reader.secret);
+    let admin_replay = post_with_key(
+        &default_reader_api,
+        "/v1/admin/tenants/alpha/keys",
+        "admin-key-1",
+        &admin_body,
+    )
+    .await;
+    admin_replay.expect_problem(403, "permission_denied");
+
+    // Tenant routes: a read-only key replays a writer's key creation.
+    let reader_api = node.anonymous().with_token(&reader.secret);
+    let replay = post_with_key(&reader_api, "/v1/keys", "writer-key-1", &body).await;
+    replay.expect_problem(403, "permission_denied");
 }

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -111,7 +112,11 @@ fn unknown_keys_are_errors_that_name_the_key() {
         &[],
     );
     assert!(!from_file.status.success(), "{}", from_file.all_output());
-    assert!(from_file.stderr.contains("lisen"), "{}", from_file.all_output());
+    assert!(
+        from_file.stderr.contains("lisen"),
+        "{}",
+        from_file.all_output()
+    );
 
     let from_environment = run_plinth(
         directory.path(),
@@ -164,7 +169,10 @@ fn test_script_variables_are_not_configuration() {
         directory.path(),
         &["config", "print"],
         &[
-            ("PLINTH_TEST_POSTGRES_URL", "postgres://plinth@127.0.0.1:1/x"),
+            (
+                "PLINTH_TEST_POSTGRES_URL",
+                "postgres://plinth@127.0.0.1:1/x",
+            ),
             ("PLINTH_TEST_REQUIRE_ENGINES", "1"),
         ],
     );
@@ -183,23 +191,33 @@ fn migrate_applies_once_then_reports_up_to_date() {
 
     let second = run_plinth(directory.path(), &arguments, &[]);
     assert!(second.status.success(), "{}", second.all_output());
-    assert!(second.stdout.contains("up to date"), "{}", second.all_output());
-    assert!(!second.stdout.contains("applied ["), "{}", second.all_output());
+    assert!(
+        second.stdout.contains("up to date"),
+        "{}",
+        second.all_output()
+    );
+    assert!(
+        !second.stdout.contains("applied ["),
+        "{}",
+        second.all_output()
+    );
 }
 
 #[tokio::test]
 async fn sigterm_stops_the_node_cleanly_and_a_restart_keeps_the_data() {
-    let mut node = Node::start(
-        NodeOptions::enforced().env("PLINTH_SERVER__SHUTDOWN_TIMEOUT", "5s"),
-    )
-    .await;
+    let mut node =
+        Node::start(NodeOptions::enforced().env("PLINTH_SERVER__SHUTDOWN_TIMEOUT", "5s")).await;
     let admin = node.admin();
     admin.create_tenant("survivor").await;
     let key = admin.create_tenant_key("survivor", &["keys:read"]).await;
 
     let stopping = Instant::now();
     let status = node.terminate();
-    assert!(status.success(), "exit status {status}; log:\n{}", node.logs());
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        node.logs()
+    );
     assert!(
         stopping.elapsed() < Duration::from_secs(5),
         "shutdown took {:?}",
@@ -212,7 +230,11 @@ async fn sigterm_stops_the_node_cleanly_and_a_restart_keeps_the_data() {
     node.restart().await;
     let tenant = node.admin().get("/v1/admin/tenants/survivor").await;
     assert_eq!(tenant.status, 200, "{}", tenant.text());
-    let who = node.anonymous().with_token(&key.secret).get("/v1/whoami").await;
+    let who = node
+        .anonymous()
+        .with_token(&key.secret)
+        .get("/v1/whoami")
+        .await;
     assert_eq!(who.status, 200, "{}", who.text());
     assert_eq!(who.json()["tenant"], "survivor");
 }
@@ -271,7 +293,10 @@ async fn health_and_readiness_report_the_embedded_store() {
     assert!(sqlite["latency_ms"].is_number(), "{sqlite}");
     let history = sqlite["history"].as_array().expect("history");
     assert!(!history.is_empty(), "{sqlite}");
-    assert!(history.iter().all(|check| check["status"] == "up"), "{sqlite}");
+    assert!(
+        history.iter().all(|check| check["status"] == "up"),
+        "{sqlite}"
+    );
 }
 
 /// The value of the first sample line of `metric` whose labels contain
@@ -280,7 +305,11 @@ fn sample_value(metrics: &str, metric: &str, label_fragments: &[&str]) -> Option
     metrics
         .lines()
         .filter(|line| line.starts_with(metric) && !line.starts_with('#'))
-        .find(|line| label_fragments.iter().all(|fragment| line.contains(fragment)))
+        .find(|line| {
+            label_fragments
+                .iter()
+                .all(|fragment| line.contains(fragment))
+        })
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.parse().ok())
 }
@@ -314,7 +343,11 @@ async fn metrics_use_route_templates_and_publish_the_documented_families() {
     let whoami_ok = sample_value(
         &metrics,
         "plinth_http_requests_total",
-        &[r#"route="/v1/whoami""#, r#"status="200""#, r#"method="GET""#],
+        &[
+            r#"route="/v1/whoami""#,
+            r#"status="200""#,
+            r#"method="GET""#,
+        ],
     );
     assert_eq!(whoami_ok, Some(3.0), "{metrics}");
     assert!(
@@ -363,7 +396,11 @@ async fn a_node_on_postgres_serves_and_audits() {
         &[("PLINTH_STORAGE__URL", &url)],
     );
     assert!(migrate.status.success(), "{}", migrate.all_output());
-    assert!(migrate.stdout.contains("applied ["), "{}", migrate.all_output());
+    assert!(
+        migrate.stdout.contains("applied ["),
+        "{}",
+        migrate.all_output()
+    );
 
     let mut node = Node::start(NodeOptions::enforced().env("PLINTH_STORAGE__URL", &url)).await;
     let health = node.anonymous().get("/health").await.json();
@@ -376,7 +413,10 @@ async fn a_node_on_postgres_serves_and_audits() {
         .create_tenant_key("pg-tenant", &["keys:read", "keys:write"])
         .await;
     let tenant_api = node.anonymous().with_token(&key.secret);
-    assert_eq!(tenant_api.get("/v1/whoami").await.json()["tenant"], "pg-tenant");
+    assert_eq!(
+        tenant_api.get("/v1/whoami").await.json()["tenant"],
+        "pg-tenant"
+    );
     let revoked = admin
         .delete(&format!("/v1/admin/tenants/pg-tenant/keys/{}", key.id))
         .await;
@@ -436,4 +476,110 @@ fn a_node_whose_postgres_is_unreachable_exits_with_a_clear_error() {
         "the password was printed: {}",
         output.all_output()
     );
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_startup_error() {
+    let directory = tempfile::tempdir().unwrap();
+    let occupied = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = occupied.local_addr().unwrap().to_string();
+    let data_dir = directory.path().join("data");
+    let output = run_plinth(
+        directory.path(),
+        &[
+            "serve",
+            "--listen",
+            &address,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!output.status.success(), "{}", output.all_output());
+    assert!(
+        output.stderr.contains("cannot listen") && output.stderr.contains(&address),
+        "{}",
+        output.all_output()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_a_request_in_flight() {
+    let mut node =
+        Node::start(NodeOptions::enforced().env("PLINTH_SERVER__SHUTDOWN_TIMEOUT", "5s")).await;
+    let (mut stream, rest_of_body) = node.start_half_sent_tenant_creation("drained").await;
+
+    node.send_sigterm();
+    node.wait_for_log_record(|record| {
+        record["fields"]["message"]
+            .as_str()
+            .is_some_and(|message| message.starts_with("shutdown requested"))
+    })
+    .await;
+    stream.write_all(&rest_of_body).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    assert!(
+        response.starts_with("HTTP/1.1 201"),
+        "the in-flight request was not completed: {response:?}\nlog:\n{}",
+        node.logs()
+    );
+    let status = node.wait_for_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}; log:\n{}", node.logs());
+
+    node.restart().await;
+    let tenant = node.admin().get("/v1/admin/tenants/drained").await;
+    assert_eq!(tenant.status, 200, "{}", tenant.text());
+}
+
+#[tokio::test]
+async fn a_request_that_never_finishes_does_not_hold_up_shutdown() {
+    let mut node =
+        Node::start(NodeOptions::enforced().env("PLINTH_SERVER__SHUTDOWN_TIMEOUT", "1s")).await;
+    let (_stream, _never_sent) = node.start_half_sent_tenant_creation("stuck").await;
+    let stopping = Instant::now();
+    node.send_sigterm();
+    let _status = node.wait_for_exit(Duration::from_secs(8));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "shutdown with a 1s drain took {:?}",
+        stopping.elapsed()
+    );
+    assert!(
+        node.logs().contains("did not finish in time"),
+        "{}",
+        node.logs()
+    );
+}
+
+#[tokio::test]
+async fn concurrent_writes_are_all_acknowledged_and_kept() {
+    const WRITERS: usize = 24;
+    let mut node = Node::start(NodeOptions::enforced()).await;
+    let admin = node.admin();
+    admin.create_tenant("busy").await;
+    let mut writers = tokio::task::JoinSet::new();
+    for index in 0..WRITERS {
+        let admin = admin.clone();
+        writers.spawn(async move {
+            admin
+                .post_json(
+                    "/v1/admin/tenants/busy/keys",
+                    &json!({ "name": format!("writer {index}"), "scopes": ["keys:read"] }),
+                )
+                .await
+                .status
+        });
+    }
+    let statuses = writers.join_all().await;
+    assert!(statuses.iter().all(|status| *status == 201), "{statuses:?}");
+
+    node.kill();
+    node.restart().await;
+    let keys = node
+        .admin()
+        .get("/v1/admin/tenants/busy/keys?limit=500")
+        .await
+        .json();
+    assert_eq!(keys["items"].as_array().unwrap().len(), WRITERS, "{keys}");
 }

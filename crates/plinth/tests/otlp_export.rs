@@ -34,7 +34,9 @@ fn start_collector() -> (u16, mpsc::Receiver<ReceivedExport>) {
 }
 
 fn serve_collector_connection(stream: TcpStream, sender: mpsc::Sender<ReceivedExport>) {
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
     loop {
@@ -42,7 +44,11 @@ fn serve_collector_connection(stream: TcpStream, sender: mpsc::Sender<ReceivedEx
         if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
             return;
         }
-        let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_string();
+        let path = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
         let mut content_length = 0usize;
         loop {
             let mut header_line = String::new();
@@ -69,7 +75,11 @@ fn serve_collector_connection(stream: TcpStream, sender: mpsc::Sender<ReceivedEx
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn hex_to_bytes(hex: &str) -> Vec<u8> {
@@ -81,7 +91,9 @@ fn hex_to_bytes(hex: &str) -> Vec<u8> {
 }
 
 fn contains_subsequence(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|window| window == needle)
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
 }
 
 #[test]
@@ -95,7 +107,10 @@ fn requests_are_exported_as_spans_in_the_callers_trace() {
         .arg(format!("127.0.0.1:{node_port}"))
         .arg("--data-dir")
         .arg(data_directory.path())
-        .env("PLINTH_TELEMETRY__OTLP_ENDPOINT", format!("http://127.0.0.1:{collector_port}"))
+        .env(
+            "PLINTH_TELEMETRY__OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{collector_port}"),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -105,7 +120,10 @@ fn requests_are_exported_as_spans_in_the_callers_trace() {
     let health_url = format!("http://127.0.0.1:{node_port}/health/live");
     let started = Instant::now();
     while client.get(&health_url).send().is_err() {
-        assert!(started.elapsed() < Duration::from_secs(15), "the node did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the node did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let traceparent = format!("00-{CALLER_TRACE_ID_HEX}-00f067aa0ba902b7-01");
@@ -117,10 +135,17 @@ fn requests_are_exported_as_spans_in_the_callers_trace() {
     assert_eq!(response.status(), 200);
 
     // Shutdown flushes the batch of spans.
-    let terminated = Command::new("kill").arg("-TERM").arg(node.id().to_string()).status().unwrap();
+    let terminated = Command::new("kill")
+        .arg("-TERM")
+        .arg(node.id().to_string())
+        .status()
+        .unwrap();
     assert!(terminated.success());
     let exit = node.wait().unwrap();
-    assert!(exit.success(), "the node should exit 0 after SIGTERM, got {exit:?}");
+    assert!(
+        exit.success(),
+        "the node should exit 0 after SIGTERM, got {exit:?}"
+    );
 
     let caller_trace_id = hex_to_bytes(CALLER_TRACE_ID_HEX);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -133,7 +158,16 @@ fn requests_are_exported_as_spans_in_the_callers_trace() {
         found_caller_trace = contains_subsequence(&export.body, &caller_trace_id);
         export_paths.push(export.path);
     }
-    assert!(!export_paths.is_empty(), "no OTLP export reached the collector");
-    assert!(export_paths.iter().all(|path| path == "/v1/traces"), "{export_paths:?}");
-    assert!(found_caller_trace, "no exported span carried the caller's trace id");
+    assert!(
+        !export_paths.is_empty(),
+        "no OTLP export reached the collector"
+    );
+    assert!(
+        export_paths.iter().all(|path| path == "/v1/traces"),
+        "{export_paths:?}"
+    );
+    assert!(
+        found_caller_trace,
+        "no exported span carried the caller's trace id"
+    );
 }

@@ -6,10 +6,10 @@
 //! [`GuardedCallError::into_plinth_error`], so breaker rejections and
 //! timeouts look the same for every engine.
 
-use tracing::Instrument;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use tokio::time::Instant;
 

@@ -2,7 +2,7 @@
 //! needs the `admin` scope, and every change is written to the audit log.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use plinth_control::{AuditEntry, AuditOutcome, AuditQuery, Principal, TenantRecord};
@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::audit::RequestOrigin;
+use crate::extract::{ApiPath, ApiQuery};
 use crate::json::ApiJson;
 use crate::middleware::auth::Caller;
 use crate::problem::{ApiResult, ProblemDocument};
@@ -117,7 +118,7 @@ pub async fn create_tenant(
 pub async fn list_tenants(
     State(state): State<AppState>,
     Caller(principal): Caller,
-    Query(page): Query<PageQuery>,
+    ApiQuery(page): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Page<TenantView>>> {
     require_admin(&principal)?;
     let page_size = page.page_size()?;
@@ -149,7 +150,7 @@ pub async fn list_tenants(
 pub async fn get_tenant(
     State(state): State<AppState>,
     Caller(principal): Caller,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
 ) -> ApiResult<Json<TenantView>> {
     require_admin(&principal)?;
     let tenant = parse_tenant_path(&tenant)?;
@@ -165,6 +166,7 @@ pub async fn get_tenant(
     params(("tenant" = String, Path, description = "Tenant id")),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 409, description = "The `default` tenant cannot be deleted", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = ProblemDocument, content_type = "application/problem+json"),
     )
 )]
@@ -172,10 +174,17 @@ pub async fn delete_tenant(
     State(state): State<AppState>,
     Caller(principal): Caller,
     origin: RequestOrigin,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     require_admin(&principal)?;
     let tenant = parse_tenant_path(&tenant)?;
+    if tenant.as_str() == TenantId::DEFAULT {
+        return Err(Error::conflict(
+            "tenant_protected",
+            "the `default` tenant is used by the bootstrap key and dev mode and cannot be deleted",
+        )
+        .into());
+    }
     state.control.delete_tenant(&tenant).await?;
     state.authenticator.forget_tenant(&tenant);
     state
@@ -216,7 +225,7 @@ pub async fn create_tenant_key(
     State(state): State<AppState>,
     Caller(principal): Caller,
     origin: RequestOrigin,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
     ApiJson(request): ApiJson<CreateKeyRequest>,
 ) -> ApiResult<Response> {
     require_admin(&principal)?;
@@ -233,8 +242,8 @@ pub async fn create_tenant_key(
 pub async fn list_tenant_keys(
     State(state): State<AppState>,
     Caller(principal): Caller,
-    Path(tenant): Path<String>,
-    Query(page): Query<PageQuery>,
+    ApiPath(tenant): ApiPath<String>,
+    ApiQuery(page): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Page<KeyView>>> {
     require_admin(&principal)?;
     let tenant = parse_tenant_path(&tenant)?;
@@ -255,7 +264,7 @@ pub async fn revoke_tenant_key(
     State(state): State<AppState>,
     Caller(principal): Caller,
     origin: RequestOrigin,
-    Path((tenant, key_id)): Path<(String, String)>,
+    ApiPath((tenant, key_id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<KeyView>> {
     require_admin(&principal)?;
     let tenant = parse_tenant_path(&tenant)?;
@@ -285,7 +294,7 @@ pub struct AuditParameters {
 pub async fn list_audit(
     State(state): State<AppState>,
     Caller(principal): Caller,
-    Query(parameters): Query<AuditParameters>,
+    ApiQuery(parameters): ApiQuery<AuditParameters>,
 ) -> ApiResult<Json<Page<AuditEntry>>> {
     require_admin(&principal)?;
     let page = PageQuery {

@@ -5,7 +5,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use plinth_control::{ApiKeyRecord, AuditOutcome, GeneratedApiKey, NewApiKey, Principal, ScopeSet};
@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use crate::audit::RequestOrigin;
+use crate::extract::{ApiPath, ApiQuery};
 use crate::idempotency::ReplayBody;
 use crate::json::ApiJson;
 use crate::middleware::auth::Caller;
@@ -90,7 +91,7 @@ pub struct CreatedKey {
 pub async fn list_own_keys(
     State(state): State<AppState>,
     Caller(principal): Caller,
-    Query(page): Query<PageQuery>,
+    ApiQuery(page): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Page<KeyView>>> {
     principal.require("keys", "read", None)?;
     Ok(Json(list_keys_of(&state, &principal.tenant, &page).await?))
@@ -129,7 +130,7 @@ pub async fn create_own_key(
 pub async fn get_own_key(
     State(state): State<AppState>,
     Caller(principal): Caller,
-    Path(key_id): Path<String>,
+    ApiPath(key_id): ApiPath<String>,
 ) -> ApiResult<Json<KeyView>> {
     principal.require("keys", "read", None)?;
     let record = find_key_of(&state, &principal.tenant, &key_id).await?;
@@ -149,7 +150,7 @@ pub async fn revoke_own_key(
     State(state): State<AppState>,
     Caller(principal): Caller,
     origin: RequestOrigin,
-    Path(key_id): Path<String>,
+    ApiPath(key_id): ApiPath<String>,
 ) -> ApiResult<Json<KeyView>> {
     principal.require("keys", "write", None)?;
     let tenant = principal.tenant.clone();

@@ -109,7 +109,10 @@ pub async fn run(config: &PlinthConfig, arguments: HttpBenchArguments) -> anyhow
         connections_per_pass: connections_per_pass(throughput_connections),
     };
     let (measurements, plinth_log) = match &arguments.target {
-        Some(target_url) => (measure_running_node(target_url, &arguments, &plan).await?, None),
+        Some(target_url) => (
+            measure_running_node(target_url, &arguments, &plan).await?,
+            None,
+        ),
         None => measure_local_children(&config.log.level, &plan).await?,
     };
     let run = BenchRun {

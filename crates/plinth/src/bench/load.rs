@@ -97,12 +97,9 @@ struct WorkerTally {
 
 impl WorkerTally {
     fn new() -> anyhow::Result<WorkerTally> {
-        let latencies_microseconds = Histogram::new_with_bounds(
-            1,
-            HIGHEST_TRACKED_LATENCY_MICROSECONDS,
-            SIGNIFICANT_DIGITS,
-        )
-        .context("creating a latency histogram")?;
+        let latencies_microseconds =
+            Histogram::new_with_bounds(1, HIGHEST_TRACKED_LATENCY_MICROSECONDS, SIGNIFICANT_DIGITS)
+                .context("creating a latency histogram")?;
         Ok(WorkerTally {
             successful_requests: 0,
             failed_requests: 0,
@@ -177,7 +174,8 @@ async fn run_worker(
             continue;
         };
         let request = target.request()?;
-        let outcome = tokio::time::timeout_at(window.abandon_at, open_connection.send(request)).await;
+        let outcome =
+            tokio::time::timeout_at(window.abandon_at, open_connection.send(request)).await;
         let latency = request_started.elapsed();
         let answered_status = match outcome {
             Ok(Ok((status, _body))) => Some(status),

@@ -134,7 +134,7 @@ fn compare_one(run: &BenchRun, target_name: &'static str) -> Option<Comparison> 
     let p50_overhead_microseconds = p50_as_signed(latency_target) - p50_as_signed(latency_baseline);
     let throughput_ratio =
         throughput_target.throughput_per_second() / throughput_baseline.throughput_per_second();
-    let verdict = (target_name == JUDGED_TARGET_NAME).then(|| Verdict {
+    let verdict = (target_name == JUDGED_TARGET_NAME).then_some(Verdict {
         p50_overhead_limit_microseconds: P50_OVERHEAD_LIMIT_MICROSECONDS,
         p50_overhead_passes: p50_overhead_microseconds < P50_OVERHEAD_LIMIT_MICROSECONDS,
         throughput_ratio_minimum: THROUGHPUT_RATIO_MINIMUM,
@@ -165,7 +165,11 @@ fn print_json(run: &BenchRun, comparisons: Vec<Comparison>) -> anyhow::Result<()
         duration_seconds: run.duration.as_secs_f64(),
         plinth_log_level: run.plinth_log.as_ref().map(|log| log.level.clone()),
         plinth_log_bytes: run.plinth_log.as_ref().map(|log| log.bytes_written),
-        measurements: run.measurements.iter().map(MeasurementSummary::of).collect(),
+        measurements: run
+            .measurements
+            .iter()
+            .map(MeasurementSummary::of)
+            .collect(),
         comparisons,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);

@@ -11,7 +11,8 @@
 #![allow(dead_code)]
 
 use std::fs::{File, OpenOptions};
-use std::net::{SocketAddr, TcpListener};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -160,8 +161,7 @@ impl NodeOptions {
 
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.environment.retain(|(existing, _)| existing != name);
-        self.environment
-            .push((name.to_string(), value.to_string()));
+        self.environment.push((name.to_string(), value.to_string()));
         self
     }
 
@@ -219,9 +219,32 @@ impl Node {
         self.spawn_and_wait().await;
     }
 
+    /// Spawns `plinth serve` on a free port and waits until it is live.
+    /// The port is free when picked but another process may take it before
+    /// the node binds it: that attempt is then retried on another port.
     async fn spawn_and_wait(&mut self) {
-        let port = free_loopback_port();
-        self.address = SocketAddr::from(([127, 0, 0, 1], port));
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let log_length_before = self.logs().len();
+            self.spawn_on_free_port();
+            match self.wait_until_live().await {
+                Ok(()) => return,
+                Err(status) => {
+                    let this_run = self.logs()[log_length_before..].to_string();
+                    if attempt < ATTEMPTS && this_run.contains("cannot listen") {
+                        continue;
+                    }
+                    panic!(
+                        "plinth serve exited during startup with {status}; log:\n{}",
+                        self.logs()
+                    );
+                }
+            }
+        }
+    }
+
+    fn spawn_on_free_port(&mut self) {
+        self.address = SocketAddr::from(([127, 0, 0, 1], free_loopback_port()));
         let log_file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -238,19 +261,20 @@ impl Node {
             .stdout(Stdio::null())
             .stderr(log_file);
         self.child = Some(command.spawn().expect("spawn plinth serve"));
-        self.wait_until_live().await;
     }
 
-    async fn wait_until_live(&mut self) {
+    /// Polls `/health/live` until it answers 200; `Err` with the exit
+    /// status when the process exits first.
+    ///
+    /// # Panics
+    /// When the node does not answer within [`STARTUP_TIMEOUT`].
+    async fn wait_until_live(&mut self) -> Result<(), ExitStatus> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let live_url = self.url("/health/live");
         loop {
             if let Some(status) = self.child_mut().try_wait().expect("poll plinth serve") {
                 self.child = None;
-                panic!(
-                    "plinth serve exited during startup with {status}; log:\n{}",
-                    self.logs()
-                );
+                return Err(status);
             }
             let answer = self
                 .http
@@ -261,7 +285,7 @@ impl Node {
             if let Ok(response) = answer
                 && response.status() == 200
             {
-                return;
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 panic!(
@@ -279,6 +303,12 @@ impl Node {
 
     /// Sends SIGTERM and waits (bounded) for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
+        self.send_sigterm();
+        self.wait_for_exit(EXIT_TIMEOUT)
+    }
+
+    /// Sends SIGTERM without waiting; see [`Node::wait_for_exit`].
+    pub fn send_sigterm(&mut self) {
         let pid = self.child_mut().id();
         let sent = Command::new("kill")
             .arg("-TERM")
@@ -286,8 +316,14 @@ impl Node {
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -TERM {pid} failed");
-        let child = self.child_mut();
-        let status = wait_for_exit(child, EXIT_TIMEOUT);
+    }
+
+    /// Waits (bounded by `timeout`) for the process to exit.
+    ///
+    /// # Panics
+    /// When it is still running after `timeout` (it is then killed).
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let status = wait_for_exit(self.child_mut(), timeout);
         let mut child = self.child.take().expect("the node is running");
         match status {
             Some(status) => status,
@@ -295,7 +331,7 @@ impl Node {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "plinth serve did not exit within {EXIT_TIMEOUT:?} of SIGTERM; log:\n{}",
+                    "plinth serve did not exit within {timeout:?}; log:\n{}",
                     self.logs()
                 );
             }
@@ -354,7 +390,11 @@ impl Node {
     pub async fn wait_for_log_record(&self, predicate: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if let Some(record) = self.log_records().into_iter().find(|record| predicate(record)) {
+            if let Some(record) = self
+                .log_records()
+                .into_iter()
+                .find(|record| predicate(record))
+            {
                 return record;
             }
             assert!(
@@ -364,6 +404,45 @@ impl Node {
             );
             tokio::time::sleep(POLL_INTERVAL).await;
         }
+    }
+
+    /// The value of the `plinth_http_requests_in_flight` gauge.
+    pub async fn requests_in_flight(&self) -> f64 {
+        let metrics = self.anonymous().get("/metrics").await.text();
+        metrics
+            .lines()
+            .find(|line| line.starts_with("plinth_http_requests_in_flight "))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Opens a connection and sends, as the bootstrap admin, a tenant
+    /// creation whose body is only half there; returns once the node is
+    /// serving it (the in-flight gauge counts it besides the `/metrics`
+    /// request that reads the gauge), with the rest of the body to send.
+    pub async fn start_half_sent_tenant_creation(&self, tenant: &str) -> (TcpStream, Vec<u8>) {
+        let body = format!(r#"{{"id":"{tenant}"}}"#).into_bytes();
+        let mut stream = TcpStream::connect(self.address).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("set a read timeout");
+        let head = format!(
+            "POST /v1/admin/tenants HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {BOOTSTRAP_KEY}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.address,
+            body.len()
+        );
+        let (first_half, second_half) = body.split_at(body.len() / 2);
+        stream.write_all(head.as_bytes()).expect("send the head");
+        stream.write_all(first_half).expect("send half the body");
+        stream.flush().expect("flush");
+        let in_flight = eventually(Duration::from_secs(5), || async {
+            self.requests_in_flight().await >= 2.0
+        })
+        .await;
+        assert!(in_flight, "the half-sent request never reached the node");
+        (stream, second_half.to_vec())
     }
 
     /// A client without credentials.
@@ -436,7 +515,12 @@ impl Api {
         let reply = self
             .post_json("/v1/admin/tenants", &json!({ "id": tenant }))
             .await;
-        assert_eq!(reply.status, 201, "create tenant {tenant}: {}", reply.text());
+        assert_eq!(
+            reply.status,
+            201,
+            "create tenant {tenant}: {}",
+            reply.text()
+        );
         reply.json()
     }
 
@@ -451,11 +535,8 @@ impl Api {
 
     /// Creates a key in the caller's own tenant (`POST /v1/keys`).
     pub async fn create_own_key(&self, scopes: &[&str]) -> CreatedKey {
-        self.create_key_at(
-            "/v1/keys",
-            &json!({ "name": "own key", "scopes": scopes }),
-        )
-        .await
+        self.create_key_at("/v1/keys", &json!({ "name": "own key", "scopes": scopes }))
+            .await
     }
 
     async fn create_key_at(&self, path: &str, body: &Value) -> CreatedKey {
@@ -545,7 +626,9 @@ impl Reply {
             "{document}"
         );
         assert!(
-            document["title"].as_str().is_some_and(|title| !title.is_empty()),
+            document["title"]
+                .as_str()
+                .is_some_and(|title| !title.is_empty()),
             "{document}"
         );
         assert!(
@@ -561,7 +644,10 @@ impl Reply {
 
     /// The `detail` of a problem document.
     pub fn detail(&self) -> String {
-        self.json()["detail"].as_str().unwrap_or_default().to_string()
+        self.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -601,10 +687,7 @@ where
 pub fn looks_like_uuid(text: &str) -> bool {
     let groups: Vec<&str> = text.split('-').collect();
     groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(group, length)| {
-                group.len() == length && group.bytes().all(|byte| byte.is_ascii_hexdigit())
-            })
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(group, length)| {
+            group.len() == length && group.bytes().all(|byte| byte.is_ascii_hexdigit())
+        })
 }
