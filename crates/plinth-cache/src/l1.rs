@@ -1,0 +1,465 @@
+//! The in-process tier: one bounded moka cache per keyspace.
+//!
+//! Each keyspace's L1 is bounded by entries and by bytes at once: moka
+//! bounds a total weight, and every entry weighs at least
+//! `max_bytes / max_entries`, so neither bound can be exceeded. Eviction is
+//! moka's TinyLFU (admission by frequency sketch, LRU within segments) by
+//! default, or plain LRU. Entries expire at their own TTL, capped by the
+//! keyspace's L1 TTL cap.
+//!
+//! When L1 is the only tier it is authoritative: conditional writes are
+//! atomic per key through moka's `and_compute_with`, and revisions come from
+//! a process-wide counter.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use moka::notification::RemovalCause;
+use moka::ops::compute::Op;
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
+use parking_lot::RwLock;
+use plinth_core::{Error, ResourceName, TenantId};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{CacheEntry, CacheKey, KeyspaceScope, Selector, WriteCondition};
+use crate::pattern::glob_matches;
+use crate::tier::{CacheTier, ConditionalOutcome, KeyPage, not_a_counter, parse_counter};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvictionKind {
+    /// Admits new entries by estimated frequency; best hit ratio for skewed loads.
+    TinyLfu,
+    /// Evicts the least recently used entry.
+    Lru,
+}
+
+/// The bounds of one keyspace's L1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L1Settings {
+    pub max_entries: u64,
+    pub max_bytes: u64,
+    /// No entry stays in L1 longer than this, whatever its own TTL.
+    pub ttl_cap: Duration,
+    pub eviction: EvictionKind,
+}
+
+/// Counts the stats endpoint and metrics report.
+#[derive(Debug, Default)]
+pub struct L1Counters {
+    pub evictions: AtomicU64,
+    pub expirations: AtomicU64,
+}
+
+type L1Key = (u64, String);
+
+struct KeyspaceL1 {
+    settings: L1Settings,
+    cache: Cache<L1Key, CacheEntry>,
+    counters: Arc<L1Counters>,
+}
+
+/// Computes how long an entry may stay: until its own expiry, at most the
+/// keyspace's cap (re-read on every insert, so a lowered cap applies to new
+/// entries at once).
+struct EntryExpiry {
+    ttl_cap: Duration,
+}
+
+impl moka::Expiry<L1Key, CacheEntry> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &L1Key,
+        entry: &CacheEntry,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(self.lifetime(entry))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &L1Key,
+        entry: &CacheEntry,
+        _updated_at: Instant,
+        _remaining: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.lifetime(entry))
+    }
+}
+
+impl EntryExpiry {
+    fn lifetime(&self, entry: &CacheEntry) -> Duration {
+        let Some(expires_at_ms) = entry.expires_at_ms else {
+            return self.ttl_cap;
+        };
+        let remaining = Duration::from_millis(expires_at_ms.saturating_sub(crate::clock::now_ms()));
+        remaining.min(self.ttl_cap)
+    }
+}
+
+impl KeyspaceL1 {
+    fn build(settings: L1Settings) -> Self {
+        let counters = Arc::new(L1Counters::default());
+        let listener_counters = Arc::clone(&counters);
+        let max_entries = settings.max_entries.max(1);
+        let minimum_weight = (settings.max_bytes / max_entries).max(1);
+        let policy = match settings.eviction {
+            EvictionKind::TinyLfu => EvictionPolicy::tiny_lfu(),
+            EvictionKind::Lru => EvictionPolicy::lru(),
+        };
+        let cache = Cache::builder()
+            .max_capacity(settings.max_bytes.max(1))
+            .weigher(move |_key: &L1Key, entry: &CacheEntry| -> u32 {
+                let weight = (entry.weight() as u64).max(minimum_weight);
+                u32::try_from(weight).unwrap_or(u32::MAX)
+            })
+            .eviction_policy(policy)
+            .expire_after(EntryExpiry {
+                ttl_cap: settings.ttl_cap,
+            })
+            .eviction_listener(move |_key, _entry, cause| match cause {
+                RemovalCause::Size => {
+                    listener_counters.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+                RemovalCause::Expired => {
+                    listener_counters
+                        .expirations
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                RemovalCause::Explicit | RemovalCause::Replaced => {}
+            })
+            .build();
+        KeyspaceL1 {
+            settings,
+            cache,
+            counters,
+        }
+    }
+}
+
+/// The L1 of every keyspace on this node.
+pub struct L1Tier {
+    keyspaces: RwLock<HashMap<(TenantId, ResourceName), Arc<KeyspaceL1>>>,
+    default_settings: L1Settings,
+    next_revision: AtomicU64,
+}
+
+impl L1Tier {
+    pub fn new(default_settings: L1Settings) -> Self {
+        L1Tier {
+            keyspaces: RwLock::new(HashMap::new()),
+            default_settings,
+            // Start above zero and above the last run's revisions only
+            // matters when L1 is authoritative, where nothing survives a
+            // restart anyway.
+            next_revision: AtomicU64::new(1),
+        }
+    }
+
+    /// Applies new bounds to a keyspace's L1. Changing the bounds rebuilds
+    /// it empty (moka cannot resize in place); the next reads refill it.
+    pub fn configure(&self, tenant: &TenantId, keyspace: &ResourceName, settings: L1Settings) {
+        let mut keyspaces = self.keyspaces.write();
+        let identity = (tenant.clone(), keyspace.clone());
+        if let Some(existing) = keyspaces.get(&identity)
+            && existing.settings == settings
+        {
+            return;
+        }
+        keyspaces.insert(identity, Arc::new(KeyspaceL1::build(settings)));
+    }
+
+    /// Drops a keyspace's L1 entirely (keyspace deleted).
+    pub fn remove_keyspace(&self, tenant: &TenantId, keyspace: &ResourceName) {
+        self.keyspaces
+            .write()
+            .remove(&(tenant.clone(), keyspace.clone()));
+    }
+
+    /// Empties every keyspace's L1: used when invalidations from other
+    /// nodes may have been missed.
+    pub fn clear_all(&self) {
+        let keyspaces = self.keyspaces.read();
+        for keyspace in keyspaces.values() {
+            keyspace.cache.invalidate_all();
+        }
+    }
+
+    /// Entries, weighted size, evictions and expirations of a keyspace.
+    pub fn usage(&self, tenant: &TenantId, keyspace: &ResourceName) -> L1Usage {
+        let keyspaces = self.keyspaces.read();
+        let Some(keyspace_l1) = keyspaces.get(&(tenant.clone(), keyspace.clone())) else {
+            return L1Usage::default();
+        };
+        keyspace_l1.cache.run_pending_tasks();
+        L1Usage {
+            entries: keyspace_l1.cache.entry_count(),
+            bytes: keyspace_l1.cache.weighted_size(),
+            evictions: keyspace_l1.counters.evictions.load(Ordering::Relaxed),
+            expirations: keyspace_l1.counters.expirations.load(Ordering::Relaxed),
+        }
+    }
+
+    fn keyspace(&self, scope: &KeyspaceScope) -> Arc<KeyspaceL1> {
+        let identity = (scope.tenant.clone(), scope.keyspace.clone());
+        if let Some(existing) = self.keyspaces.read().get(&identity) {
+            return Arc::clone(existing);
+        }
+        let mut keyspaces = self.keyspaces.write();
+        let created = keyspaces
+            .entry(identity)
+            .or_insert_with(|| Arc::new(KeyspaceL1::build(self.default_settings.clone())));
+        Arc::clone(created)
+    }
+
+    fn allocate_revision(&self) -> u64 {
+        self.next_revision.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn matching_keys(keyspace: &KeyspaceL1, version: u64, selector: &Selector) -> Vec<L1Key> {
+        let mut matching = Vec::new();
+        for (key, entry) in keyspace.cache.iter() {
+            if key.0 != version {
+                continue;
+            }
+            let selected = match selector {
+                Selector::Pattern(pattern) => glob_matches(pattern, &key.1),
+                Selector::Prefix(prefix) => key.1.starts_with(prefix.as_str()),
+                Selector::Tag(tag) => entry.tags.iter().any(|entry_tag| entry_tag == tag),
+            };
+            if selected && !entry.tombstone {
+                matching.push((*key).clone());
+            }
+        }
+        matching
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct L1Usage {
+    pub entries: u64,
+    pub bytes: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+}
+
+fn live(entry: CacheEntry, now_ms: u64) -> Option<CacheEntry> {
+    if entry.tombstone || entry.is_expired(now_ms) {
+        return None;
+    }
+    Some(entry)
+}
+
+#[async_trait]
+impl CacheTier for L1Tier {
+    fn name(&self) -> &'static str {
+        "l1"
+    }
+
+    async fn get(
+        &self,
+        scope: &KeyspaceScope,
+        key: &CacheKey,
+        now_ms: u64,
+    ) -> Result<Option<CacheEntry>, Error> {
+        let keyspace = self.keyspace(scope);
+        let entry = keyspace
+            .cache
+            .get(&(scope.version, key.as_str().to_string()));
+        Ok(entry.and_then(|entry| live(entry, now_ms)))
+    }
+
+    async fn put_conditional(
+        &self,
+        scope: &KeyspaceScope,
+        key: &CacheKey,
+        entry: CacheEntry,
+        condition: WriteCondition,
+        now_ms: u64,
+    ) -> Result<ConditionalOutcome, Error> {
+        let keyspace = self.keyspace(scope);
+        let mut outcome = ConditionalOutcome::PreconditionFailed(None);
+        keyspace
+            .cache
+            .entry((scope.version, key.as_str().to_string()))
+            .and_compute_with(|existing| {
+                let current = existing
+                    .and_then(|existing| live(existing.into_value(), now_ms))
+                    .map(|live_entry| live_entry.revision);
+                if !condition.holds(current) {
+                    outcome = ConditionalOutcome::PreconditionFailed(current);
+                    return Op::Nop;
+                }
+                let revision = self.allocate_revision();
+                outcome = ConditionalOutcome::Applied(revision);
+                Op::Put(CacheEntry {
+                    revision,
+                    tombstone: false,
+                    ..entry
+                })
+            });
+        Ok(outcome)
+    }
+
+    async fn delete_conditional(
+        &self,
+        scope: &KeyspaceScope,
+        key: &CacheKey,
+        condition: WriteCondition,
+        now_ms: u64,
+    ) -> Result<ConditionalOutcome, Error> {
+        let keyspace = self.keyspace(scope);
+        let mut outcome = ConditionalOutcome::PreconditionFailed(None);
+        keyspace
+            .cache
+            .entry((scope.version, key.as_str().to_string()))
+            .and_compute_with(|existing| {
+                let current = existing
+                    .and_then(|existing| live(existing.into_value(), now_ms))
+                    .map(|live_entry| live_entry.revision);
+                if !condition.holds(current) {
+                    outcome = ConditionalOutcome::PreconditionFailed(current);
+                    return Op::Nop;
+                }
+                outcome = ConditionalOutcome::Applied(self.allocate_revision());
+                Op::Remove
+            });
+        Ok(outcome)
+    }
+
+    async fn increment(
+        &self,
+        scope: &KeyspaceScope,
+        key: &CacheKey,
+        delta: i64,
+        ttl_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<(i64, CacheEntry), Error> {
+        let keyspace = self.keyspace(scope);
+        let mut result: Result<(i64, CacheEntry), Error> = Err(not_a_counter());
+        keyspace
+            .cache
+            .entry((scope.version, key.as_str().to_string()))
+            .and_compute_with(|existing| {
+                let current = existing.and_then(|existing| live(existing.into_value(), now_ms));
+                let (current_value, expires_at_ms, tags) = match &current {
+                    None => (0, ttl_ms.map(|ttl| now_ms + ttl), Vec::new()),
+                    Some(entry) => match parse_counter(&entry.value) {
+                        Ok(value) => (value, entry.expires_at_ms, entry.tags.clone()),
+                        Err(error) => {
+                            result = Err(error);
+                            return Op::Nop;
+                        }
+                    },
+                };
+                let Some(new_value) = current_value.checked_add(delta) else {
+                    result = Err(Error::conflict(
+                        "counter_overflow",
+                        "the increment would overflow a 64-bit integer",
+                    ));
+                    return Op::Nop;
+                };
+                let entry = CacheEntry {
+                    value: bytes::Bytes::from(new_value.to_string()),
+                    encoding: Default::default(),
+                    content_type: "text/plain".to_string(),
+                    tags,
+                    revision: self.allocate_revision(),
+                    written_at_ms: now_ms,
+                    expires_at_ms,
+                    tombstone: false,
+                };
+                result = Ok((new_value, entry.clone()));
+                Op::Put(entry)
+            });
+        result
+    }
+
+    async fn put_if_newer(
+        &self,
+        scope: &KeyspaceScope,
+        key: &CacheKey,
+        entry: CacheEntry,
+    ) -> Result<(), Error> {
+        let keyspace = self.keyspace(scope);
+        keyspace
+            .cache
+            .entry((scope.version, key.as_str().to_string()))
+            .and_compute_with(|existing| {
+                let newer = match existing {
+                    None => true,
+                    Some(existing) => existing.value().revision < entry.revision,
+                };
+                if newer { Op::Put(entry) } else { Op::Nop }
+            });
+        Ok(())
+    }
+
+    async fn invalidate(
+        &self,
+        scope: &KeyspaceScope,
+        selector: &Selector,
+        _now_ms: u64,
+    ) -> Result<u64, Error> {
+        let keyspace = self.keyspace(scope);
+        let matching = Self::matching_keys(&keyspace, scope.version, selector);
+        let count = matching.len() as u64;
+        for key in matching {
+            keyspace.cache.invalidate(&key);
+        }
+        Ok(count)
+    }
+
+    async fn list(
+        &self,
+        scope: &KeyspaceScope,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<KeyPage, Error> {
+        let keyspace = self.keyspace(scope);
+        let mut keys = Vec::new();
+        for (key, entry) in keyspace.cache.iter() {
+            let in_range = key.0 == scope.version
+                && key.1.starts_with(prefix)
+                && after.is_none_or(|after| key.1.as_str() > after);
+            if in_range && live(entry, now_ms).is_some() {
+                keys.push(key.1.clone());
+            }
+        }
+        keys.sort_unstable();
+        let has_more = keys.len() > limit;
+        keys.truncate(limit);
+        let next_after = if has_more { keys.last().cloned() } else { None };
+        Ok(KeyPage { keys, next_after })
+    }
+
+    async fn reclaim(
+        &self,
+        scope: &KeyspaceScope,
+        batch: usize,
+        _now_ms: u64,
+    ) -> Result<u64, Error> {
+        let keyspace = self.keyspace(scope);
+        let mut stale = Vec::new();
+        for (key, _) in keyspace.cache.iter() {
+            if key.0 < scope.version {
+                stale.push((*key).clone());
+                if stale.len() >= batch {
+                    break;
+                }
+            }
+        }
+        let count = stale.len() as u64;
+        for key in stale {
+            keyspace.cache.invalidate(&key);
+        }
+        Ok(count)
+    }
+}
