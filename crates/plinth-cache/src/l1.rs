@@ -22,21 +22,13 @@ use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use parking_lot::RwLock;
+pub use plinth_core::config::EvictionKind;
 use plinth_core::{Error, ResourceName, TenantId};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{CacheEntry, CacheKey, KeyspaceScope, Selector, WriteCondition};
 use crate::pattern::glob_matches;
 use crate::tier::{CacheTier, ConditionalOutcome, KeyPage, not_a_counter, parse_counter};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EvictionKind {
-    /// Admits new entries by estimated frequency; best hit ratio for skewed loads.
-    TinyLfu,
-    /// Evicts the least recently used entry.
-    Lru,
-}
 
 /// The bounds of one keyspace's L1.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -164,8 +156,13 @@ impl L1Tier {
     /// Applies new bounds to a keyspace's L1. Changing the bounds rebuilds
     /// it empty (moka cannot resize in place); the next reads refill it.
     pub fn configure(&self, tenant: &TenantId, keyspace: &ResourceName, settings: L1Settings) {
-        let mut keyspaces = self.keyspaces.write();
         let identity = (tenant.clone(), keyspace.clone());
+        if let Some(existing) = self.keyspaces.read().get(&identity)
+            && existing.settings == settings
+        {
+            return;
+        }
+        let mut keyspaces = self.keyspaces.write();
         if let Some(existing) = keyspaces.get(&identity)
             && existing.settings == settings
         {

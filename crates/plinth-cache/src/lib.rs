@@ -5,10 +5,21 @@
 //! Knows nothing of HTTP; the server maps [`plinth_core::Error`]s at the
 //! edge.
 
+#[cfg(test)]
+#[macro_use]
+mod tier_conformance;
+
+pub mod catalog;
 pub mod clock;
+pub mod codec;
+pub mod events;
+pub mod keyspace;
 pub mod l1;
 pub mod model;
 pub mod pattern;
+pub mod redis_tier;
+pub mod service;
+pub mod stats;
 pub mod tier;
 
 pub use model::{

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::resilience::BreakerConfig;
-use crate::{HumanDuration, Secret};
+use crate::{Error, HumanDuration, Secret};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -28,6 +28,7 @@ pub struct PlinthConfig {
     pub telemetry: TelemetryConfig,
     pub health: HealthConfig,
     pub idempotency: IdempotencyConfig,
+    pub cache: CacheConfig,
 }
 
 impl Default for PlinthConfig {
@@ -43,6 +44,7 @@ impl Default for PlinthConfig {
             telemetry: TelemetryConfig::default(),
             health: HealthConfig::default(),
             idempotency: IdempotencyConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -320,6 +322,166 @@ impl Default for IdempotencyConfig {
             ttl: HumanDuration::from_secs(24 * 60 * 60),
         }
     }
+}
+
+// Cache keyspaces.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvictionKind {
+    /// Admits new entries by estimated frequency (moka's TinyLFU); the best
+    /// hit ratio for skewed loads.
+    TinyLfu,
+    /// Evicts the least recently used entry.
+    Lru,
+}
+
+/// The largest value any keyspace may accept.
+pub const HARD_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L1Config {
+    pub max_entries: u64,
+    pub max_bytes: u64,
+    /// No entry stays in L1 longer than this.
+    pub ttl_cap: HumanDuration,
+    pub eviction: EvictionKind,
+}
+
+impl Default for L1Config {
+    fn default() -> Self {
+        L1Config {
+            max_entries: 100_000,
+            max_bytes: 256 * 1024 * 1024,
+            ttl_cap: HumanDuration::from_secs(300),
+            eviction: EvictionKind::TinyLfu,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedTierKind {
+    /// No shared tier.
+    #[default]
+    None,
+    /// The node's Redis (`redis.url`).
+    Redis,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DurableTierKind {
+    /// A pure cache: nothing survives Redis and every node restarting.
+    #[default]
+    None,
+    /// The node's durable store (`storage.url`: SQLite or PostgreSQL).
+    Store,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyspaceConfig {
+    /// The in-process tier; `null` disables it.
+    pub l1: Option<L1Config>,
+    pub l2: SharedTierKind,
+    pub store: DurableTierKind,
+    /// TTL of writes that give none; `null` keeps them until deleted.
+    pub default_ttl: Option<HumanDuration>,
+    /// Larger values are refused with 413.
+    pub max_value_bytes: usize,
+    /// Values at least this large are stored compressed (lz4) in Redis and
+    /// the store; `null` never compresses.
+    pub compression_threshold: Option<usize>,
+    /// Encrypt values (AES-256-GCM, key `cache.encryption_key`) in Redis
+    /// and the store.
+    pub encrypt: bool,
+}
+
+impl Default for KeyspaceConfig {
+    fn default() -> Self {
+        KeyspaceConfig {
+            l1: Some(L1Config::default()),
+            l2: SharedTierKind::None,
+            store: DurableTierKind::Store,
+            default_ttl: None,
+            max_value_bytes: 1024 * 1024,
+            compression_threshold: Some(4096),
+            encrypt: false,
+        }
+    }
+}
+
+impl KeyspaceConfig {
+    /// Checks the configuration can be served by this node.
+    pub fn validate(&self, redis_available: bool, encryption_available: bool) -> Result<(), Error> {
+        if self.l1.is_none()
+            && self.l2 == SharedTierKind::None
+            && self.store == DurableTierKind::None
+        {
+            return Err(invalid_config(
+                "a keyspace needs at least one tier: set l1, l2 or store",
+            ));
+        }
+        if self.l2 == SharedTierKind::Redis && !redis_available {
+            return Err(invalid_config(
+                "l2 = \"redis\" needs redis.url in the node configuration",
+            ));
+        }
+        if self.encrypt && !encryption_available {
+            return Err(invalid_config(
+                "encrypt = true needs cache.encryption_key in the node configuration",
+            ));
+        }
+        if self.max_value_bytes == 0 || self.max_value_bytes > HARD_MAX_VALUE_BYTES {
+            return Err(invalid_config(
+                "max_value_bytes must be between 1 and 16777216",
+            ));
+        }
+        if let Some(l1) = &self.l1 {
+            if l1.max_entries == 0 || l1.max_bytes == 0 {
+                return Err(invalid_config(
+                    "l1.max_entries and l1.max_bytes must be above zero",
+                ));
+            }
+            if l1.ttl_cap.as_duration().is_zero() {
+                return Err(invalid_config("l1.ttl_cap must be above zero"));
+            }
+        }
+        if let Some(ttl) = self.default_ttl
+            && ttl.as_duration().is_zero()
+        {
+            return Err(invalid_config(
+                "default_ttl must be above zero, or null for no expiry",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn invalid_config(detail: &str) -> Error {
+    Error::invalid_argument("invalid_keyspace_config", detail)
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Base64 of 32 random bytes: the AES-256-GCM key for keyspaces with
+    /// `encrypt = true`.
+    pub encryption_key: Option<Secret<String>>,
+    /// Configuration of keyspaces created by a first write.
+    pub default_keyspace: KeyspaceConfig,
+    /// Keyspaces configured at start-up (created or reconfigured).
+    pub keyspaces: Vec<ConfiguredKeyspace>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfiguredKeyspace {
+    pub tenant: String,
+    pub name: String,
+    pub config: KeyspaceConfig,
 }
 
 #[cfg(test)]

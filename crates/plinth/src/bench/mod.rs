@@ -26,6 +26,11 @@ pub enum BenchCommand {
     /// Drive `/v1/whoami` (full middleware stack, authenticated) and
     /// `/health/live` over keep-alive connections and compare them with a
     /// bare axum handler measured in the same run.
+    ///
+    /// Without `--target`, starts `plinth serve` (enforced auth, fresh data
+    /// dir, logs at `--log-level`, default info, to a temporary file) and
+    /// the bare handler as child processes on loopback, and kills them at
+    /// the end. Children ignore `plinth.toml` and `PLINTH_...` variables.
     Http(HttpBenchArguments),
     /// Serve one small JSON handler without any middleware on `--listen`:
     /// the baseline `bench http` starts as a child process.
