@@ -218,7 +218,12 @@ impl L1Tier {
         self.next_revision.fetch_add(1, Ordering::SeqCst)
     }
 
-    fn matching_keys(keyspace: &KeyspaceL1, version: u64, selector: &Selector) -> Vec<L1Key> {
+    fn matching_keys(
+        keyspace: &KeyspaceL1,
+        version: u64,
+        selector: &Selector,
+        now_ms: u64,
+    ) -> Vec<L1Key> {
         let mut matching = Vec::new();
         for (key, entry) in keyspace.cache.iter() {
             if key.0 != version {
@@ -229,7 +234,7 @@ impl L1Tier {
                 Selector::Prefix(prefix) => key.1.starts_with(prefix.as_str()),
                 Selector::Tag(tag) => entry.tags.iter().any(|entry_tag| entry_tag == tag),
             };
-            if selected && !entry.tombstone {
+            if selected && !entry.tombstone && !entry.is_expired(now_ms) {
                 matching.push((*key).clone());
             }
         }
@@ -401,10 +406,10 @@ impl CacheTier for L1Tier {
         &self,
         scope: &KeyspaceScope,
         selector: &Selector,
-        _now_ms: u64,
+        now_ms: u64,
     ) -> Result<u64, Error> {
         let keyspace = self.keyspace(scope);
-        let matching = Self::matching_keys(&keyspace, scope.version, selector);
+        let matching = Self::matching_keys(&keyspace, scope.version, selector, now_ms);
         let count = matching.len() as u64;
         for key in matching {
             keyspace.cache.invalidate(&key);

@@ -15,11 +15,15 @@ pub mod codec;
 pub mod events;
 pub mod keyspace;
 pub mod l1;
+pub mod migrations;
 pub mod model;
 pub mod pattern;
 pub mod redis_tier;
 pub mod service;
+pub mod setup;
 pub mod stats;
+pub mod store_postgres;
+pub mod store_sqlite;
 pub mod tier;
 
 pub use model::{

@@ -36,10 +36,14 @@ impl CacheKey {
                 format!("a key must be 1 to {MAX_KEY_LENGTH} bytes long"),
             ));
         }
-        if !text.bytes().all(|byte| byte.is_ascii_graphic()) {
+        // `/` would make the key unreachable as one URL path segment.
+        if !text
+            .bytes()
+            .all(|byte| byte.is_ascii_graphic() && byte != b'/')
+        {
             return Err(Error::invalid_argument(
                 "invalid_key",
-                "a key may contain only printable ASCII characters without spaces",
+                "a key may contain only printable ASCII characters without spaces or `/`",
             ));
         }
         Ok(CacheKey(text.to_string()))
@@ -257,7 +261,7 @@ mod tests {
     fn keys_follow_the_documented_rule() {
         assert!(CacheKey::parse("user:42:profile").is_ok());
         assert!(CacheKey::parse(&"k".repeat(512)).is_ok());
-        for bad in ["", "has space", "tab\there", "ключ"] {
+        for bad in ["", "has space", "tab\there", "ключ", "a/b"] {
             assert_eq!(
                 CacheKey::parse(bad).unwrap_err().code(),
                 "invalid_key",

@@ -1133,3 +1133,450 @@ fn unexpected_reply(reply: &[String]) -> Error {
         "unexpected reply from a redis cache script: {reply:?}"
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use plinth_core::resilience::{BreakerConfig, CircuitBreaker};
+    use plinth_core::{ResourceName, TenantId};
+
+    use super::*;
+    use crate::pattern::glob_matches;
+
+    fn scope(tenant: &str, keyspace: &str, version: u64) -> KeyspaceScope {
+        KeyspaceScope {
+            tenant: TenantId::parse(tenant).unwrap(),
+            keyspace: ResourceName::parse("keyspace", keyspace).unwrap(),
+            version,
+        }
+    }
+
+    fn key(text: &str) -> CacheKey {
+        CacheKey::parse(text).unwrap()
+    }
+
+    #[test]
+    fn layout_braces_the_keyspace_and_puts_the_key_last() {
+        let layout = KeyLayout::new(&scope("acme", "sessions:eu", 3));
+        assert_eq!(
+            layout.revision_counter_key(),
+            "plinth:cache:{acme:sessions:eu}:revision"
+        );
+        assert_eq!(
+            layout.entry_key(&key("user:42:*")),
+            "plinth:cache:{acme:sessions:eu}:3:k:user:42:*"
+        );
+        assert_eq!(
+            layout.tag_key("team:a"),
+            "plinth:cache:{acme:sessions:eu}:3:t:team:a"
+        );
+    }
+
+    #[test]
+    fn keyspaces_with_separators_in_their_names_never_share_a_redis_key() {
+        // Without the braces these two would both be
+        // `plinth:cache:t:a:1:k:k:2:k:x`.
+        let short = KeyLayout::new(&scope("t", "a", 1)).entry_key(&key("k:2:k:x"));
+        let long = KeyLayout::new(&scope("t", "a:1:k:k", 2)).entry_key(&key("x"));
+        assert_ne!(short, long);
+        let counter_lookalike = KeyLayout::new(&scope("t", "a", 1)).entry_key(&key("revision"));
+        assert_ne!(
+            counter_lookalike,
+            KeyLayout::new(&scope("t", "a", 1)).revision_counter_key()
+        );
+    }
+
+    #[test]
+    fn scan_patterns_stay_inside_their_keyspace_and_version() {
+        let layout = KeyLayout::new(&scope("t", "a", 1));
+        let whole_keyspace = prefix_to_redis_match(&layout.keyspace_prefix, "");
+        let every_entry = prefix_to_redis_match(&layout.entry_key_prefix(), "");
+        let neighbours = [
+            KeyLayout::new(&scope("t", "a:1", 1)).entry_key(&key("x")),
+            KeyLayout::new(&scope("t", "a.b", 1)).entry_key(&key("x")),
+            KeyLayout::new(&scope("t2", "a", 1)).entry_key(&key("x")),
+            KeyLayout::new(&scope("t", "ab", 1)).entry_key(&key("x")),
+        ];
+        for neighbour in &neighbours {
+            assert!(!glob_matches(&whole_keyspace, neighbour), "{neighbour}");
+            assert!(!glob_matches(&every_entry, neighbour), "{neighbour}");
+        }
+        assert!(glob_matches(&every_entry, &layout.entry_key(&key("x"))));
+        assert!(!glob_matches(
+            &every_entry,
+            &KeyLayout::new(&scope("t", "a", 11)).entry_key(&key("x"))
+        ));
+        assert!(!glob_matches(&every_entry, &layout.tag_key("x")));
+    }
+
+    #[test]
+    fn classify_reads_the_version_and_kind_and_skips_the_rest() {
+        let layout = KeyLayout::new(&scope("t", "a", 5));
+        let older = KeyLayout::new(&scope("t", "a", 4));
+        assert_eq!(
+            layout.classify(&older.entry_key(&key("k:9:t:x"))),
+            Some((4, StoredKeyKind::Entry))
+        );
+        assert_eq!(
+            layout.classify(&older.tag_key("k")),
+            Some((4, StoredKeyKind::TagIndex))
+        );
+        for foreign in [
+            layout.revision_counter_key(),
+            "plinth:cache:{t:a}:x1:k:y".to_string(),
+            "plinth:cache:{t:a}::k:y".to_string(),
+            "plinth:cache:{t:a}:7:z:y".to_string(),
+            "plinth:cache:{t:ab}:7:k:y".to_string(),
+        ] {
+            assert_eq!(layout.classify(&foreign), None, "{foreign}");
+        }
+    }
+
+    #[test]
+    fn stale_keys_takes_older_versions_only_and_respects_the_room() {
+        let layout = KeyLayout::new(&scope("t", "a", 3));
+        let at = |version: u64| KeyLayout::new(&scope("t", "a", version));
+        let redis_keys = vec![
+            at(1).entry_key(&key("one")),
+            at(2).entry_key(&key("two")),
+            at(3).entry_key(&key("three")),
+            at(1).tag_key("red"),
+            at(3).tag_key("red"),
+            layout.revision_counter_key(),
+        ];
+        let (entries, tag_indexes) = stale_keys(&layout, redis_keys, 3, 1);
+        assert_eq!(entries, [at(1).entry_key(&key("one"))]);
+        assert_eq!(tag_indexes, [at(1).tag_key("red")]);
+    }
+
+    #[test]
+    fn entries_are_rebuilt_from_their_hash_fields() {
+        let mut fields: HashMap<String, Vec<u8>> = HashMap::new();
+        for (name, value) in [
+            ("value", &[0u8, 255, b','][..]),
+            ("revision", b"18446744073709551615"),
+            ("flags", b"3"),
+            ("content_type", b"application/octet-stream"),
+            ("tags", b"b,a:1"),
+            ("written_at_ms", b"1700000000000"),
+            ("expires_at_ms", b""),
+            ("tombstone", b"0"),
+        ] {
+            fields.insert(name.to_string(), value.to_vec());
+        }
+        let entry = entry_from_fields("k", &fields).unwrap();
+        assert_eq!(
+            entry,
+            CacheEntry {
+                value: Bytes::from_static(&[0, 255, b',']),
+                encoding: ValueEncoding {
+                    compressed: true,
+                    encrypted: true,
+                },
+                content_type: "application/octet-stream".to_string(),
+                tags: vec!["b".to_string(), "a:1".to_string()],
+                revision: u64::MAX,
+                written_at_ms: 1_700_000_000_000,
+                expires_at_ms: None,
+                tombstone: false,
+            }
+        );
+        fields.insert("expires_at_ms".to_string(), b"soon".to_vec());
+        assert_eq!(
+            entry_from_fields("k", &fields).unwrap_err().kind(),
+            ErrorKind::Internal
+        );
+        fields.remove("revision");
+        assert!(entry_from_fields("k", &fields).is_err());
+    }
+
+    #[test]
+    fn encoding_flags_round_trip() {
+        for compressed in [false, true] {
+            for encrypted in [false, true] {
+                let encoding = ValueEncoding {
+                    compressed,
+                    encrypted,
+                };
+                assert_eq!(encoding_from_flags(encoding_flags(encoding)), encoding);
+            }
+        }
+    }
+
+    #[test]
+    fn script_replies_map_to_outcomes_and_errors() {
+        let reply =
+            |parts: &[&str]| -> Vec<String> { parts.iter().map(|part| part.to_string()).collect() };
+        assert_eq!(
+            parse_conditional_reply(&reply(&["applied", "7"])).unwrap(),
+            ConditionalOutcome::Applied(7)
+        );
+        assert_eq!(
+            parse_conditional_reply(&reply(&["failed", ""])).unwrap(),
+            ConditionalOutcome::PreconditionFailed(None)
+        );
+        assert_eq!(
+            parse_conditional_reply(&reply(&["failed", "9"])).unwrap(),
+            ConditionalOutcome::PreconditionFailed(Some(9))
+        );
+        assert!(parse_conditional_reply(&reply(&["applied"])).is_err());
+
+        let (value, entry) =
+            parse_increment_reply(&reply(&["applied", "-3", "12", "a,b", "900"]), 800).unwrap();
+        assert_eq!(value, -3);
+        assert_eq!(entry.value, Bytes::from("-3"));
+        assert_eq!(entry.tags, ["a", "b"]);
+        assert_eq!((entry.revision, entry.written_at_ms), (12, 800));
+        assert_eq!(entry.expires_at_ms, Some(900));
+        assert_eq!(
+            parse_increment_reply(&reply(&["not_a_counter"]), 0)
+                .unwrap_err()
+                .code(),
+            "not_a_counter"
+        );
+        assert_eq!(
+            parse_increment_reply(&reply(&["counter_overflow"]), 0)
+                .unwrap_err()
+                .code(),
+            "counter_overflow"
+        );
+    }
+
+    #[test]
+    fn stored_states_are_live_unless_gone_tombstoned_or_expired() {
+        let state = |revision: Option<&str>, tombstone: &str, expires_at_ms: &str| {
+            vec![
+                revision.map(str::to_string),
+                Some(tombstone.to_string()),
+                Some(expires_at_ms.to_string()),
+            ]
+        };
+        assert!(stored_state_is_live(&state(Some("1"), "0", ""), 100));
+        assert!(stored_state_is_live(&state(Some("1"), "0", "101"), 100));
+        assert!(!stored_state_is_live(&state(Some("1"), "0", "100"), 100));
+        assert!(!stored_state_is_live(&state(Some("1"), "1", ""), 100));
+        assert!(!stored_state_is_live(&[None, None, None], 100));
+    }
+
+    /// A tier on the test Redis, with the engine for raw commands.
+    async fn open_tier(test_name: &str) -> Option<(RedisCacheTier, Arc<RedisEngine>)> {
+        let url = plinth_engines::test_support::redis_url(test_name)?;
+        let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()));
+        let engine = RedisEngine::start(&url, breaker, Duration::from_secs(2)).unwrap();
+        engine
+            .wait_connected(Duration::from_secs(5))
+            .await
+            .expect("the test redis accepts connections");
+        Some((RedisCacheTier::new(Arc::clone(&engine)), engine))
+    }
+
+    fn fresh_scope(case: &str) -> KeyspaceScope {
+        let keyspace = format!("redis-{case}-{:016x}", rand::random::<u64>());
+        scope("default", &keyspace, 1)
+    }
+
+    fn entry(value: &str, tags: &[&str], expires_at_ms: Option<u64>) -> CacheEntry {
+        CacheEntry {
+            value: Bytes::from(value.to_string()),
+            encoding: ValueEncoding::default(),
+            content_type: "text/plain".to_string(),
+            tags: tags.iter().map(|tag| tag.to_string()).collect(),
+            revision: 0,
+            written_at_ms: crate::clock::now_ms(),
+            expires_at_ms,
+            tombstone: false,
+        }
+    }
+
+    async fn put(
+        tier: &RedisCacheTier,
+        scope: &KeyspaceScope,
+        key_text: &str,
+        entry: CacheEntry,
+    ) -> Revision {
+        let outcome = tier
+            .put_conditional(
+                scope,
+                &key(key_text),
+                entry,
+                WriteCondition::Always,
+                crate::clock::now_ms(),
+            )
+            .await
+            .unwrap();
+        let ConditionalOutcome::Applied(revision) = outcome else {
+            panic!("an unconditional put applies: {outcome:?}");
+        };
+        revision
+    }
+
+    async fn raw<T: FromRedisValue>(engine: &RedisEngine, command: &redis::Cmd) -> T {
+        let mut connection = engine.connection().unwrap();
+        command.query_async(&mut connection).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stale_tag_member_never_removes_a_rewritten_entry() {
+        let Some((tier, _engine)) = open_tier("redis_tier_stale_tag_member").await else {
+            return;
+        };
+        let scope = fresh_scope("stale-tag");
+        let soon = crate::clock::now_ms() + 50;
+        put(&tier, &scope, "k", entry("old", &["red"], Some(soon))).await;
+        // Redis drops the hash at its expiry; the red set keeps `k`.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        put(&tier, &scope, "k", entry("new", &["blue"], None)).await;
+        let now = crate::clock::now_ms();
+        let removed = tier
+            .invalidate(&scope, &Selector::Tag("red".to_string()), now)
+            .await
+            .unwrap();
+        assert_eq!(removed, 0);
+        let survivor = tier.get(&scope, &key("k"), now).await.unwrap().unwrap();
+        assert_eq!(survivor.value, Bytes::from("new"));
+        let removed = tier
+            .invalidate(&scope, &Selector::Tag("blue".to_string()), now)
+            .await
+            .unwrap();
+        assert_eq!(removed, 1);
+    }
+
+    #[tokio::test]
+    async fn keyspaces_named_like_layout_components_stay_apart() {
+        let Some((tier, _engine)) = open_tier("redis_tier_keyspace_separators").await else {
+            return;
+        };
+        let base = fresh_scope("sep");
+        let lookalike = scope("default", &format!("{}:1:k:k", base.keyspace.as_str()), 2);
+        let now = crate::clock::now_ms();
+        put(&tier, &base, "k:2:k:x", entry("base", &[], None)).await;
+        put(&tier, &lookalike, "x", entry("lookalike", &[], None)).await;
+        let read = tier
+            .get(&base, &key("k:2:k:x"), now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.value, Bytes::from("base"));
+
+        let removed = tier
+            .invalidate(&base, &Selector::Pattern("*".to_string()), now)
+            .await
+            .unwrap();
+        assert_eq!(removed, 1);
+        let newer_base = KeyspaceScope {
+            version: 9,
+            ..base.clone()
+        };
+        assert_eq!(tier.reclaim(&newer_base, 100, now).await.unwrap(), 0);
+        let read = tier.get(&lookalike, &key("x"), now).await.unwrap().unwrap();
+        assert_eq!(read.value, Bytes::from("lookalike"));
+    }
+
+    #[tokio::test]
+    async fn counters_accept_what_rust_parses_as_an_integer() {
+        let Some((tier, _engine)) = open_tier("redis_tier_counter_forms").await else {
+            return;
+        };
+        let scope = fresh_scope("counter-forms");
+        let now = crate::clock::now_ms();
+        for (stored, expected) in [(" 007 ", 8), ("+5", 6), ("-0", 1), ("-12", -11)] {
+            put(&tier, &scope, "c", entry(stored, &[], None)).await;
+            let (value, _) = tier
+                .increment(&scope, &key("c"), 1, None, now)
+                .await
+                .unwrap();
+            assert_eq!(value, expected, "{stored:?}");
+        }
+        put(&tier, &scope, "c", entry("99999999999999999999", &[], None)).await;
+        let error = tier
+            .increment(&scope, &key("c"), 1, None, now)
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), "not_a_counter");
+        let (value, entry) = tier
+            .increment(&scope, &key("c2"), i64::MIN, None, now)
+            .await
+            .unwrap();
+        assert_eq!(value, i64::MIN);
+        assert_eq!(entry.value, Bytes::from(i64::MIN.to_string()));
+    }
+
+    #[tokio::test]
+    async fn revisions_keep_rising_when_the_counter_is_lost() {
+        let Some((tier, engine)) = open_tier("redis_tier_lost_counter").await else {
+            return;
+        };
+        let scope = fresh_scope("lost-counter");
+        let first = put(&tier, &scope, "k", entry("1", &[], None)).await;
+        let second = put(&tier, &scope, "k", entry("2", &[], None)).await;
+        let mut delete_counter = redis::cmd("DEL");
+        delete_counter.arg(KeyLayout::new(&scope).revision_counter_key());
+        let _: u64 = raw(&engine, &delete_counter).await;
+        let third = put(&tier, &scope, "k", entry("3", &[], None)).await;
+        assert!(first < second && second < third, "{first} {second} {third}");
+    }
+
+    #[tokio::test]
+    async fn a_tombstone_refuses_older_fills_and_expires_by_itself() {
+        let Some((tier, engine)) = open_tier("redis_tier_tombstone").await else {
+            return;
+        };
+        let scope = fresh_scope("tombstone");
+        let now = crate::clock::now_ms();
+        let copy = |value: &str, revision: Revision, tombstone: bool| CacheEntry {
+            revision,
+            tombstone,
+            ..entry(value, &["red"], None)
+        };
+        tier.put_if_newer(&scope, &key("k"), copy("v", 10, false))
+            .await
+            .unwrap();
+        tier.put_if_newer(&scope, &key("k"), copy("", 11, true))
+            .await
+            .unwrap();
+        tier.put_if_newer(&scope, &key("k"), copy("late", 10, false))
+            .await
+            .unwrap();
+        assert_eq!(tier.get(&scope, &key("k"), now).await.unwrap(), None);
+        let entry_key = KeyLayout::new(&scope).entry_key(&key("k"));
+        let mut remaining_ttl = redis::cmd("PTTL");
+        remaining_ttl.arg(&entry_key);
+        let remaining_ms: i64 = raw(&engine, &remaining_ttl).await;
+        assert!(
+            (1..=TOMBSTONE_LIFETIME_MS as i64).contains(&remaining_ms),
+            "{remaining_ms}"
+        );
+        let mut tag_members = redis::cmd("SCARD");
+        tag_members.arg(KeyLayout::new(&scope).tag_key("red"));
+        let members: u64 = raw(&engine, &tag_members).await;
+        assert_eq!(members, 0, "a tombstone leaves its tags' sets");
+        let removed = tier
+            .invalidate(&scope, &Selector::Prefix(String::new()), now)
+            .await
+            .unwrap();
+        assert_eq!(removed, 0, "a tombstone is not a live entry");
+    }
+
+    #[tokio::test]
+    async fn reclaim_also_drops_the_tag_sets_of_older_versions() {
+        let Some((tier, engine)) = open_tier("redis_tier_reclaim_tags").await else {
+            return;
+        };
+        let old = fresh_scope("reclaim-tags");
+        let new = KeyspaceScope {
+            version: 2,
+            ..old.clone()
+        };
+        put(&tier, &old, "k", entry("v", &["red"], None)).await;
+        put(&tier, &new, "k", entry("v", &["red"], None)).await;
+        let now = crate::clock::now_ms();
+        assert_eq!(tier.reclaim(&new, 10, now).await.unwrap(), 1);
+        let mut exists = redis::cmd("EXISTS");
+        exists
+            .arg(KeyLayout::new(&old).tag_key("red"))
+            .arg(KeyLayout::new(&new).tag_key("red"));
+        let existing: u64 = raw(&engine, &exists).await;
+        assert_eq!(existing, 1, "only the current version's tag set is left");
+    }
+}

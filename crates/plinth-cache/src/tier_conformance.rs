@@ -22,11 +22,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use plinth_core::config::{PostgresConfig, SqliteConfig};
+use plinth_core::resilience::{BreakerConfig, CircuitBreaker};
 use plinth_core::{Error, ResourceName, TenantId};
+use plinth_engines::test_support::{isolated_postgres_url, postgres_url};
+use plinth_engines::{PostgresEngine, SqliteEngine, Store};
 use tokio::sync::Barrier;
 
 use crate::l1::{EvictionKind, L1Settings, L1Tier};
+use crate::migrations::CACHE_MIGRATIONS;
 use crate::model::{CacheEntry, CacheKey, KeyspaceScope, Revision, Selector, WriteCondition};
+use crate::store_postgres::PostgresCacheStore;
+use crate::store_sqlite::SqliteCacheStore;
 use crate::tier::{CacheTier, ConditionalOutcome, KeyPage};
 
 /// One tier built for one test, with whatever must outlive it (a temporary
@@ -70,6 +77,7 @@ macro_rules! tier_conformance_suite {
                 invalidate_counts_only_live_entries,
                 list_pages_through_live_keys_in_byte_order,
                 concurrent_conditional_writers_of_one_revision_apply_once,
+                concurrent_writers_of_one_key_leave_the_highest_revision,
                 tenants_are_isolated,
             );
         }
@@ -88,7 +96,11 @@ macro_rules! tier_conformance_suite {
 }
 
 tier_conformance_suite!(l1, open_l1);
+tier_conformance_suite!(sqlite, open_sqlite);
+tier_conformance_suite!(postgres, open_postgres);
+tier_conformance_suite!(redis, open_redis);
 
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const MINUTE_MS: u64 = 60_000;
 
 async fn open_l1() -> Option<TierUnderTest> {
@@ -101,6 +113,61 @@ async fn open_l1() -> Option<TierUnderTest> {
     Some(TierUnderTest {
         tier: Arc::new(tier),
         _guard: Box::new(()),
+    })
+}
+
+async fn open_sqlite() -> Option<TierUnderTest> {
+    let directory = tempfile::tempdir().expect("create a temporary directory");
+    let breaker = Arc::new(CircuitBreaker::new("sqlite", BreakerConfig::default()));
+    let engine = SqliteEngine::open(
+        &directory.path().join("cache.db"),
+        &SqliteConfig::default(),
+        breaker,
+        CALL_TIMEOUT,
+    )
+    .expect("open sqlite");
+    let engine = Arc::new(engine);
+    Store::Sqlite(Arc::clone(&engine))
+        .migrate(&[&CACHE_MIGRATIONS])
+        .await
+        .expect("apply the cache migrations on sqlite");
+    Some(TierUnderTest {
+        tier: Arc::new(SqliteCacheStore::new(engine)),
+        _guard: Box::new(directory),
+    })
+}
+
+async fn open_postgres() -> Option<TierUnderTest> {
+    let test_name = "cache_tier_postgres";
+    let base_url = postgres_url(test_name)?;
+    let url = isolated_postgres_url(&base_url, test_name).await;
+    let breaker = Arc::new(CircuitBreaker::new("postgres", BreakerConfig::default()));
+    let engine = PostgresEngine::connect(&url, &PostgresConfig::default(), breaker, CALL_TIMEOUT)
+        .await
+        .expect("connect to the test postgres");
+    Store::Postgres(Arc::clone(&engine))
+        .migrate(&[&CACHE_MIGRATIONS])
+        .await
+        .expect("apply the cache migrations on postgres");
+    Some(TierUnderTest {
+        tier: Arc::new(PostgresCacheStore::new(engine)),
+        _guard: Box::new(()),
+    })
+}
+
+async fn open_redis() -> Option<TierUnderTest> {
+    let url = plinth_engines::test_support::redis_url("redis tier conformance")?;
+    let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()));
+    let engine = plinth_engines::RedisEngine::start(&url, breaker, Duration::from_secs(2))
+        .expect("a valid redis url");
+    engine
+        .wait_connected(Duration::from_secs(5))
+        .await
+        .expect("the test redis accepts connections");
+    let tier = crate::redis_tier::RedisCacheTier::new(Arc::clone(&engine));
+    Some(TierUnderTest {
+        tier: Arc::new(tier),
+        _guard: Box::new(engine),
     })
 }
 
@@ -997,6 +1064,81 @@ pub async fn concurrent_conditional_writers_of_one_revision_apply_once(tier: &Ar
     let stored = get(tier, &scope, "contended", now).await.expect("stored");
     assert_eq!(stored.revision, winning_revision);
     assert_eq!(stored.value, Bytes::from(format!("writer-{winner}")));
+}
+
+pub async fn concurrent_writers_of_one_key_leave_the_highest_revision(tier: &Arc<dyn CacheTier>) {
+    const WRITERS: usize = 8;
+    let scope = fresh_scope("last-writer");
+    let now = start_of_case();
+    let start_line = Arc::new(Barrier::new(WRITERS));
+    let mut writers = Vec::with_capacity(WRITERS);
+    for writer in 0..WRITERS {
+        let tier = Arc::clone(tier);
+        let scope = scope.clone();
+        let start_line = Arc::clone(&start_line);
+        writers.push(tokio::spawn(async move {
+            start_line.wait().await;
+            let entry = text_entry(&format!("writer-{writer}"), now);
+            let revision = put(&tier, &scope, "contended", entry, now).await;
+            (writer, revision)
+        }));
+    }
+    let mut newest: Option<(usize, Revision)> = None;
+    for writer in writers {
+        let (writer, revision) = writer.await.expect("writer task");
+        if newest.is_none_or(|(_, newest_revision)| revision > newest_revision) {
+            newest = Some((writer, revision));
+        }
+    }
+    let (newest_writer, newest_revision) = newest.expect("writers ran");
+    // Revisions follow commit order, so the value that stays is the one
+    // written with the highest revision.
+    let stored = get(tier, &scope, "contended", now).await.expect("stored");
+    assert_eq!(stored.revision, newest_revision);
+    assert_eq!(stored.value, Bytes::from(format!("writer-{newest_writer}")));
+}
+
+/// Stores also reclaim expired rows; L1 and Redis expire entries by
+/// themselves, so this is not a case of the suite.
+async fn reclaim_removes_expired_rows_and_keeps_live_ones(tier: &Arc<dyn CacheTier>) {
+    let scope = fresh_scope("reclaim-expired");
+    let now = start_of_case();
+    let later = now + 2 * MINUTE_MS;
+    for key_text in ["expired-1", "expired-2"] {
+        let short_lived = CacheEntry {
+            expires_at_ms: Some(now + MINUTE_MS),
+            ..tagged_entry("gone", &["t"], now)
+        };
+        put(tier, &scope, key_text, short_lived, now).await;
+    }
+    put(tier, &scope, "live", tagged_entry("here", &["t"], now), now).await;
+    assert_eq!(tier.reclaim(&scope, 10, later).await.expect("reclaim"), 2);
+    assert_eq!(tier.reclaim(&scope, 10, later).await.expect("reclaim"), 0);
+    assert_eq!(
+        value_of(tier, &scope, "live", later).await,
+        Some(Bytes::from("here"))
+    );
+    assert_eq!(
+        invalidate(tier, &scope, Selector::Tag("t".to_string()), later).await,
+        1,
+        "the reclaimed rows' tags went with them"
+    );
+}
+
+#[tokio::test]
+async fn the_sqlite_store_reclaims_expired_rows() {
+    let Some(under_test) = open_sqlite().await else {
+        return;
+    };
+    reclaim_removes_expired_rows_and_keeps_live_ones(&under_test.tier).await;
+}
+
+#[tokio::test]
+async fn the_postgres_store_reclaims_expired_rows() {
+    let Some(under_test) = open_postgres().await else {
+        return;
+    };
+    reclaim_removes_expired_rows_and_keeps_live_ones(&under_test.tier).await;
 }
 
 pub async fn tenants_are_isolated(tier: &Arc<dyn CacheTier>) {

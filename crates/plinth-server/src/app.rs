@@ -21,7 +21,7 @@ use crate::middleware::body_limit::reject_oversized_body;
 use crate::middleware::request_context::{REQUEST_ID_HEADER, request_context};
 use crate::middleware::security_headers::add_security_headers;
 use crate::problem::ApiError;
-use crate::routes::{admin, health, keys, whoami};
+use crate::routes::{admin, cache, health, keys, keyspaces, whoami};
 use crate::state::AppState;
 use plinth_core::config::ServerConfig;
 
@@ -34,6 +34,7 @@ use plinth_core::config::ServerConfig;
         (name = "auth", description = "Who the caller is"),
         (name = "keys", description = "A tenant's own API keys"),
         (name = "admin", description = "Tenants, any tenant's keys, the audit log"),
+        (name = "cache", description = "Keyspaces and their values across L1, Redis and the store"),
     )
 )]
 struct ApiDocument;
@@ -75,6 +76,21 @@ fn authenticated_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::create_tenant_key, admin::list_tenant_keys))
         .routes(routes!(admin::revoke_tenant_key))
         .routes(routes!(admin::list_audit))
+        .routes(routes!(
+            cache::put_value,
+            cache::get_value,
+            cache::delete_value
+        ))
+        .routes(routes!(cache::increment_value))
+        .routes(routes!(keyspaces::list_keyspaces))
+        .routes(routes!(keyspaces::put_keyspace, keyspaces::get_keyspace))
+        .routes(routes!(keyspaces::flush_keyspace))
+        .routes(routes!(keyspaces::invalidate_keys))
+        .routes(routes!(keyspaces::list_keys))
+        .routes(routes!(keyspaces::keyspace_stats))
+        .routes(routes!(keyspaces::bulk_get))
+        .routes(routes!(keyspaces::bulk_put))
+        .routes(routes!(keyspaces::bulk_delete))
 }
 
 /// The OpenAPI document of every route, as served at `/v1/openapi.json`.
@@ -314,8 +330,19 @@ mod tests {
                 "/v1/admin/tenants/{tenant}",
                 "/v1/admin/tenants/{tenant}/keys",
                 "/v1/admin/tenants/{tenant}/keys/{key_id}",
+                "/v1/cache/{keyspace}/{key}",
+                "/v1/cache/{keyspace}/{key}/increment",
                 "/v1/keys",
                 "/v1/keys/{key_id}",
+                "/v1/keyspaces",
+                "/v1/keyspaces/{keyspace}",
+                "/v1/keyspaces/{keyspace}/bulk-delete",
+                "/v1/keyspaces/{keyspace}/bulk-get",
+                "/v1/keyspaces/{keyspace}/bulk-put",
+                "/v1/keyspaces/{keyspace}/flush",
+                "/v1/keyspaces/{keyspace}/invalidate",
+                "/v1/keyspaces/{keyspace}/keys",
+                "/v1/keyspaces/{keyspace}/stats",
                 "/v1/openapi.json",
                 "/v1/whoami",
             ]

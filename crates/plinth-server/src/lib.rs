@@ -22,5 +22,5 @@ mod state;
 
 pub use app::build_router;
 pub use observability::{METRICS_DOCUMENTATION, prometheus_handle};
-pub use serve::{ServeOptions, run_server};
+pub use serve::{ServeOptions, all_migration_sets, run_server};
 pub use state::AppState;

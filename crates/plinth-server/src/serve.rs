@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
+use plinth_cache::setup::{CACHE_MIGRATION_SETS, start_cache_service};
 use plinth_control::{Authenticator, CONTROL_MIGRATIONS, open_control_store};
 use plinth_core::Error;
 use plinth_core::config::{AuthMode, PlinthConfig};
@@ -42,13 +43,14 @@ pub async fn run_server(
     let metrics = prometheus_handle();
 
     let engines = Engines::connect(&config).await?;
-    let reports = engines.store.migrate(&[&CONTROL_MIGRATIONS]).await?;
+    let reports = engines.store.migrate(&all_migration_sets()).await?;
     for report in &reports {
         if !report.newly_applied.is_empty() {
             tracing::info!(component = report.component, versions = ?report.newly_applied, "migrations applied");
         }
     }
     let control = open_control_store(&engines.store);
+    let cache = start_cache_service(&engines, &config.cache).await?;
     let authenticator = Arc::new(Authenticator::new(Arc::clone(&control), &config.auth)?);
     let health = Arc::new(HealthService::new(
         engines.probes(),
@@ -64,6 +66,7 @@ pub async fn run_server(
         health: Arc::clone(&health),
         audit,
         metrics,
+        cache,
     };
     spawn_idempotency_purge(Arc::clone(&control));
 
@@ -118,6 +121,13 @@ pub async fn run_server(
     engines.close().await;
     tracing::info!("plinth stopped");
     Ok(())
+}
+
+/// Every component's schema, in dependency order.
+pub fn all_migration_sets() -> Vec<&'static plinth_engines::MigrationSet> {
+    let mut sets: Vec<&'static plinth_engines::MigrationSet> = vec![&CONTROL_MIGRATIONS];
+    sets.extend(CACHE_MIGRATION_SETS.iter().copied());
+    sets
 }
 
 /// Dev mode accepts requests without credentials, so it must never be

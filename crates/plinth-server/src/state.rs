@@ -1,9 +1,10 @@
 //! What every handler can reach: the configuration, the engines, the
-//! control plane, health and the audit log.
+//! control plane, health, the audit log and the building blocks.
 
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use plinth_cache::service::CacheService;
 use plinth_control::{Authenticator, ControlStore};
 use plinth_core::config::PlinthConfig;
 use plinth_engines::Engines;
@@ -20,4 +21,5 @@ pub struct AppState {
     pub health: Arc<HealthService>,
     pub audit: AuditLog,
     pub metrics: PrometheusHandle,
+    pub cache: Arc<CacheService>,
 }

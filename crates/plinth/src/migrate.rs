@@ -2,7 +2,6 @@
 //! configured store and reports what it did. Safe to run again, and safe to
 //! run while nodes are up (PostgreSQL migrations take an advisory lock).
 
-use plinth_control::CONTROL_MIGRATIONS;
 use plinth_core::config::PlinthConfig;
 use plinth_engines::Store;
 
@@ -11,7 +10,7 @@ pub async fn run(config: PlinthConfig) -> anyhow::Result<()> {
         .await
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     let reports = store
-        .migrate(&[&CONTROL_MIGRATIONS])
+        .migrate(&plinth_server::all_migration_sets())
         .await
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     for report in reports {

@@ -2,7 +2,9 @@
 //! OpenAPI description, so the document cannot drift from the code.
 
 pub mod admin;
+pub mod cache;
 pub mod health;
 pub mod keys;
+pub mod keyspaces;
 pub mod pagination;
 pub mod whoami;

@@ -244,3 +244,14 @@ async fn measure_one(
     };
     measure(target, shape).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unloaded_pass_follows_the_loaded_one_unless_they_are_the_same() {
+        assert_eq!(connections_per_pass(64), vec![64, 1]);
+        assert_eq!(connections_per_pass(1), vec![1]);
+    }
+}

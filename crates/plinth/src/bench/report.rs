@@ -253,3 +253,87 @@ fn print_comparison(comparison: &Comparison) {
 fn pass_or_fail(passes: bool) -> &'static str {
     if passes { "PASS" } else { "FAIL" }
 }
+
+#[cfg(test)]
+mod tests {
+    use hdrhistogram::Histogram;
+
+    use super::*;
+
+    fn measurement(
+        target_name: &'static str,
+        connections: usize,
+        requests_in_one_second: u64,
+        p50_microseconds: u64,
+    ) -> TargetMeasurement {
+        let mut latencies_microseconds = Histogram::new(3).unwrap();
+        latencies_microseconds.record(p50_microseconds).unwrap();
+        TargetMeasurement {
+            target_name,
+            path: String::new(),
+            connections,
+            measured_for: Duration::from_secs(1),
+            successful_requests: requests_in_one_second,
+            failed_requests: 0,
+            latencies_microseconds,
+        }
+    }
+
+    /// The bare handler does 1000 req/s loaded and 100 µs unloaded.
+    fn run_with_whoami(loaded_requests: u64, unloaded_p50_microseconds: u64) -> BenchRun {
+        BenchRun {
+            warmup: Duration::ZERO,
+            duration: Duration::from_secs(1),
+            throughput_connections: 64,
+            latency_connections: 1,
+            plinth_log: None,
+            measurements: vec![
+                measurement("bare", 64, 1000, 5000),
+                measurement("whoami", 64, loaded_requests, 9000),
+                measurement("bare", 1, 10, 100),
+                measurement("whoami", 1, 10, unloaded_p50_microseconds),
+            ],
+        }
+    }
+
+    fn whoami_verdict(run: &BenchRun) -> Verdict {
+        compare_one(run, "whoami").unwrap().verdict.unwrap()
+    }
+
+    #[test]
+    fn latency_comes_from_the_unloaded_pass_and_throughput_from_the_loaded_one() {
+        let comparison = compare_one(&run_with_whoami(700, 130), "whoami").unwrap();
+        assert_eq!(comparison.p50_overhead_microseconds, 30);
+        assert!((comparison.throughput_ratio - 0.7).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_latency_limit_is_strict_and_the_throughput_minimum_inclusive() {
+        assert!(whoami_verdict(&run_with_whoami(600, 149)).p50_overhead_passes);
+        assert!(!whoami_verdict(&run_with_whoami(600, 150)).p50_overhead_passes);
+        assert!(whoami_verdict(&run_with_whoami(600, 149)).throughput_ratio_passes);
+        assert!(!whoami_verdict(&run_with_whoami(599, 149)).throughput_ratio_passes);
+    }
+
+    #[test]
+    fn only_whoami_is_judged() {
+        let mut run = run_with_whoami(700, 130);
+        run.measurements.push(measurement("health", 64, 800, 7000));
+        run.measurements.push(measurement("health", 1, 10, 120));
+        let comparisons = compare_with_baseline(&run);
+        assert_eq!(comparisons.len(), 2);
+        assert!(comparisons[0].verdict.is_none());
+        assert!(comparisons[1].verdict.is_some());
+    }
+
+    #[test]
+    fn nothing_is_compared_without_an_answered_baseline() {
+        let mut run = run_with_whoami(700, 130);
+        run.measurements
+            .retain(|measurement| measurement.target_name != "bare");
+        assert!(compare_with_baseline(&run).is_empty());
+        let mut unanswered = run_with_whoami(700, 130);
+        unanswered.measurements[0].successful_requests = 0;
+        assert!(compare_with_baseline(&unanswered).is_empty());
+    }
+}

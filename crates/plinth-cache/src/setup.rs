@@ -1,0 +1,71 @@
+//! Builds the cache service from a node's engines and configuration.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use plinth_core::config::CacheConfig;
+use plinth_core::{Error, ResourceName, TenantId};
+use plinth_engines::{Engines, MigrationSet, Store};
+
+use crate::catalog::{CATALOG_MIGRATIONS, KeyspaceCatalog};
+use crate::keyspace::l1_settings;
+use crate::l1::L1Tier;
+use crate::migrations::CACHE_MIGRATIONS;
+use crate::redis_tier::RedisCacheTier;
+use crate::service::{CacheService, CacheServiceOptions};
+use crate::store_postgres::PostgresCacheStore;
+use crate::store_sqlite::SqliteCacheStore;
+use crate::tier::CacheTier;
+
+/// The schema the cache needs in the node's store.
+pub static CACHE_MIGRATION_SETS: [&MigrationSet; 2] = [&CATALOG_MIGRATIONS, &CACHE_MIGRATIONS];
+
+/// The cache service on `engines`, with the keyspaces of `config` applied.
+pub async fn start_cache_service(
+    engines: &Engines,
+    config: &CacheConfig,
+) -> Result<Arc<CacheService>, Error> {
+    let encryption_key = match &config.encryption_key {
+        None => None,
+        Some(encoded) => Some(decode_encryption_key(encoded.expose())?),
+    };
+    let store: Arc<dyn CacheTier> = match &engines.store {
+        Store::Sqlite(engine) => Arc::new(SqliteCacheStore::new(Arc::clone(engine))),
+        Store::Postgres(engine) => Arc::new(PostgresCacheStore::new(Arc::clone(engine))),
+    };
+    let redis: Option<Arc<dyn CacheTier>> = engines
+        .redis
+        .as_ref()
+        .map(|engine| Arc::new(RedisCacheTier::new(Arc::clone(engine))) as Arc<dyn CacheTier>);
+    let default_l1 = config.default_keyspace.l1.clone().unwrap_or_default();
+    let service = Arc::new(CacheService::new(
+        KeyspaceCatalog::new(engines.store.clone()),
+        Arc::new(L1Tier::new(l1_settings(&default_l1))),
+        redis,
+        store,
+        CacheServiceOptions {
+            default_keyspace: config.default_keyspace.clone(),
+            encryption_key,
+        },
+    ));
+    for configured in &config.keyspaces {
+        let tenant = TenantId::parse(&configured.tenant)?;
+        let name = ResourceName::parse("keyspace", &configured.name)?;
+        service
+            .configure(&tenant, &name, configured.config.clone())
+            .await?;
+    }
+    Ok(service)
+}
+
+fn decode_encryption_key(encoded: &str) -> Result<[u8; 32], Error> {
+    let invalid = || {
+        Error::invalid_argument(
+            "invalid_config",
+            "cache.encryption_key must be base64 of exactly 32 bytes (`head -c 32 /dev/urandom | base64`)",
+        )
+    };
+    let bytes = STANDARD.decode(encoded.trim()).map_err(|_| invalid())?;
+    bytes.try_into().map_err(|_| invalid())
+}
