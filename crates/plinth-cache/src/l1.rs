@@ -395,7 +395,15 @@ impl CacheTier for L1Tier {
             .and_compute_with(|existing| {
                 let newer = match existing {
                     None => true,
-                    Some(existing) => existing.value().revision < entry.revision,
+                    // A tombstone left by another node's write has that
+                    // write's revision: the value itself may replace it.
+                    Some(existing) => {
+                        let held = existing.value();
+                        held.revision < entry.revision
+                            || (held.revision == entry.revision
+                                && held.tombstone
+                                && !entry.tombstone)
+                    }
                 };
                 if newer { Op::Put(entry) } else { Op::Nop }
             });

@@ -12,6 +12,7 @@ mod tier_conformance;
 pub mod catalog;
 pub mod clock;
 pub mod codec;
+pub mod coherence;
 pub mod events;
 pub mod keyspace;
 pub mod l1;

@@ -23,6 +23,7 @@ use tokio::sync::broadcast;
 use crate::catalog::{KeyspaceCatalog, KeyspaceRecord, keyspace_not_found};
 use crate::clock::now_ms;
 use crate::codec::ValueCodec;
+use crate::coherence::{Coherence, CoherenceChange};
 use crate::events::{CacheChange, CacheEvent, EVENT_BUS_CAPACITY};
 use crate::keyspace::{DurableTierKind, KeyspaceConfig, SharedTierKind, l1_settings};
 use crate::l1::L1Tier;
@@ -73,6 +74,9 @@ pub struct CacheServiceOptions {
     pub default_keyspace: KeyspaceConfig,
     /// AES-256 key for keyspaces with `encrypt = true`.
     pub encryption_key: Option<[u8; 32]>,
+    /// Keeps other nodes' L1 copies coherent; `None` on a single node
+    /// without Redis.
+    pub coherence: Option<Arc<Coherence>>,
 }
 
 pub struct CacheService {
@@ -84,6 +88,7 @@ pub struct CacheService {
     default_keyspace: KeyspaceConfig,
     events: broadcast::Sender<CacheEvent>,
     stats: StatsRegistry,
+    coherence: Option<Arc<Coherence>>,
 }
 
 /// One tier as a keyspace uses it.
@@ -130,6 +135,7 @@ impl CacheService {
             default_keyspace: options.default_keyspace,
             events,
             stats: StatsRegistry::default(),
+            coherence: options.coherence,
         }
     }
 
@@ -158,6 +164,7 @@ impl CacheService {
         if let Some(l1) = &config.l1 {
             self.l1.configure(tenant, keyspace, l1_settings(l1));
         }
+        self.announce(tenant, keyspace, CoherenceChange::Keyspace);
         Ok(record)
     }
 
@@ -305,6 +312,7 @@ impl CacheService {
         };
         let written = CacheEntry { revision, ..plain };
         self.propagate_to_copies(&plan, key, &written).await;
+        self.announce_key(&plan, key, revision);
         self.publish(
             tenant,
             keyspace,
@@ -359,6 +367,7 @@ impl CacheService {
             tombstone: true,
         };
         self.propagate_to_copies(&plan, key, &tombstone).await;
+        self.announce_key(&plan, key, revision);
         self.publish(
             tenant,
             keyspace,
@@ -406,6 +415,7 @@ impl CacheService {
         };
         let revision = plain.revision;
         self.propagate_to_copies(&plan, key, &plain).await;
+        self.announce_key(&plan, key, revision);
         self.publish(
             tenant,
             keyspace,
@@ -438,6 +448,11 @@ impl CacheService {
                 self.on_copy_write_failure(&plan, planned, &error).await;
             }
         }
+        self.announce(
+            tenant,
+            keyspace,
+            coherence_change_for(selector, plan.record.version),
+        );
         self.publish(
             tenant,
             keyspace,
@@ -476,6 +491,7 @@ impl CacheService {
     ) -> Result<KeyspaceRecord, Error> {
         self.keyspace(tenant, keyspace).await?;
         let record = self.catalog.bump_version(tenant, keyspace).await?;
+        self.announce(tenant, keyspace, CoherenceChange::Keyspace);
         self.publish(
             tenant,
             keyspace,
@@ -528,8 +544,11 @@ impl CacheService {
         }
         let tenant = &plan.record.tenant;
         let keyspace = &plan.record.name;
-        if let Err(bump_error) = self.catalog.bump_l2_epoch(tenant, keyspace).await {
-            tracing::error!(error = %bump_error, "the L2 epoch could not be bumped; Redis may serve stale copies until their TTL");
+        match self.catalog.bump_l2_epoch(tenant, keyspace).await {
+            Ok(_) => self.announce(tenant, keyspace, CoherenceChange::Keyspace),
+            Err(bump_error) => {
+                tracing::error!(error = %bump_error, "the L2 epoch could not be bumped; Redis may serve stale copies until their TTL");
+            }
         }
     }
 
@@ -539,12 +558,54 @@ impl CacheService {
         planned: &PlannedTier,
         plain: &CacheEntry,
     ) -> Result<CacheEntry, Error> {
-        if !planned.holds_encoded_values || plain.tombstone {
+        if !planned.holds_encoded_values {
+            return Ok(self.capped_for_l1(plain));
+        }
+        if plain.tombstone {
             return Ok(plain.clone());
         }
         let config = &plan.record.config;
         self.codec
             .encode(plain, config.compression_threshold, config.encrypt)
+    }
+
+    /// While other nodes cannot tell us about their writes, L1 copies live
+    /// at most the coherence fallback TTL.
+    fn capped_for_l1(&self, plain: &CacheEntry) -> CacheEntry {
+        let Some(cap) = self
+            .coherence
+            .as_ref()
+            .and_then(|coherence| coherence.l1_lifetime_cap())
+        else {
+            return plain.clone();
+        };
+        let capped_expiry = now_ms().saturating_add(cap.as_millis() as u64);
+        let expires_at_ms = match plain.expires_at_ms {
+            Some(expires_at) => expires_at.min(capped_expiry),
+            None => capped_expiry,
+        };
+        CacheEntry {
+            expires_at_ms: Some(expires_at_ms),
+            ..plain.clone()
+        }
+    }
+
+    fn announce_key(&self, plan: &TierPlan, key: &CacheKey, revision: Revision) {
+        self.announce(
+            &plan.record.tenant,
+            &plan.record.name,
+            CoherenceChange::Key {
+                key: key.as_str().to_string(),
+                version: plan.record.version,
+                revision,
+            },
+        );
+    }
+
+    fn announce(&self, tenant: &TenantId, keyspace: &ResourceName, change: CoherenceChange) {
+        if let Some(coherence) = &self.coherence {
+            coherence.announce(tenant, keyspace, change);
+        }
     }
 
     fn plan(&self, record: KeyspaceRecord) -> TierPlan {
@@ -623,6 +684,23 @@ fn precondition_failed(current: Option<Revision>) -> Error {
         None => "the precondition failed: the key does not exist".to_string(),
     };
     Error::new(ErrorKind::PreconditionFailed, "precondition_failed", detail)
+}
+
+fn coherence_change_for(selector: &Selector, version: u64) -> CoherenceChange {
+    match selector {
+        Selector::Pattern(pattern) => CoherenceChange::Pattern {
+            pattern: pattern.clone(),
+            version,
+        },
+        Selector::Prefix(prefix) => CoherenceChange::Prefix {
+            prefix: prefix.clone(),
+            version,
+        },
+        Selector::Tag(tag) => CoherenceChange::Tag {
+            tag: tag.clone(),
+            version,
+        },
+    }
 }
 
 fn describe_selector(selector: &Selector) -> String {

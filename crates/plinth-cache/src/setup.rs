@@ -9,6 +9,7 @@ use plinth_core::{Error, ResourceName, TenantId};
 use plinth_engines::{Engines, MigrationSet, Store};
 
 use crate::catalog::{CATALOG_MIGRATIONS, KeyspaceCatalog};
+use crate::coherence::Coherence;
 use crate::keyspace::l1_settings;
 use crate::l1::L1Tier;
 use crate::migrations::CACHE_MIGRATIONS;
@@ -39,14 +40,25 @@ pub async fn start_cache_service(
         .as_ref()
         .map(|engine| Arc::new(RedisCacheTier::new(Arc::clone(engine))) as Arc<dyn CacheTier>);
     let default_l1 = config.default_keyspace.l1.clone().unwrap_or_default();
+    let catalog = KeyspaceCatalog::new(engines.store.clone());
+    let l1 = Arc::new(L1Tier::new(l1_settings(&default_l1)));
+    let coherence = engines.redis.as_ref().map(|redis_engine| {
+        Coherence::start(
+            Arc::clone(redis_engine),
+            Arc::clone(&l1),
+            Arc::clone(&catalog),
+            config.coherence_fallback_ttl.as_duration(),
+        )
+    });
     let service = Arc::new(CacheService::new(
-        KeyspaceCatalog::new(engines.store.clone()),
-        Arc::new(L1Tier::new(l1_settings(&default_l1))),
+        catalog,
+        l1,
         redis,
         store,
         CacheServiceOptions {
             default_keyspace: config.default_keyspace.clone(),
             encryption_key,
+            coherence,
         },
     ));
     for configured in &config.keyspaces {

@@ -464,16 +464,30 @@ fn invalid_config(detail: &str) -> Error {
     Error::invalid_argument("invalid_keyspace_config", detail)
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// Base64 of 32 random bytes: the AES-256-GCM key for keyspaces with
     /// `encrypt = true`.
     pub encryption_key: Option<Secret<String>>,
+    /// While the Redis pub/sub channel that keeps nodes' L1 copies coherent
+    /// is down, L1 copies live at most this long.
+    pub coherence_fallback_ttl: HumanDuration,
     /// Configuration of keyspaces created by a first write.
     pub default_keyspace: KeyspaceConfig,
     /// Keyspaces configured at start-up (created or reconfigured).
     pub keyspaces: Vec<ConfiguredKeyspace>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            encryption_key: None,
+            coherence_fallback_ttl: HumanDuration::from_secs(1),
+            default_keyspace: KeyspaceConfig::default(),
+            keyspaces: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

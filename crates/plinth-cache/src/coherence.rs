@@ -1,0 +1,291 @@
+//! Keeps the L1 copies of every node coherent through Redis pub/sub.
+//!
+//! After each write, delete, invalidation, flush or reconfiguration a node
+//! publishes what changed on [`COHERENCE_CHANNEL`]; every other node evicts
+//! the matching L1 copies (with a tombstone at the write's revision, so a
+//! fill already in flight cannot bring the old value back) or reloads the
+//! keyspace's catalog record.
+//!
+//! When the channel is down (Redis unreachable, the subscription dropped, or
+//! the outgoing queue full) a node cannot know what it missed, so it empties
+//! its L1 and caps the lifetime of new L1 copies at `fallback_ttl` until the
+//! channel is back, when it empties L1 once more. Staleness is then bounded
+//! by `fallback_ttl` plus the time to notice the drop (immediate when the
+//! connection closes, at most the Redis call timeout otherwise).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use plinth_core::resilience::RetryPolicy;
+use plinth_core::{HumanDuration, ResourceName, TenantId};
+use plinth_engines::RedisEngine;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::catalog::KeyspaceCatalog;
+use crate::l1::L1Tier;
+use crate::model::{CacheEntry, CacheKey, KeyspaceScope, Revision, Selector, ValueEncoding};
+use crate::tier::CacheTier;
+
+pub const COHERENCE_CHANNEL: &str = "plinth:cache:coherence";
+/// Outgoing messages waiting for Redis; beyond it a node counts itself as
+/// disconnected (it may have failed to tell others about a write).
+const OUTGOING_QUEUE_CAPACITY: usize = 10_000;
+const TOMBSTONE_LIFETIME_MS: u64 = 60_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CoherenceChange {
+    /// A key changed at `revision` (write or delete).
+    Key {
+        key: String,
+        version: u64,
+        revision: Revision,
+    },
+    /// Keys matching a selector went.
+    Pattern {
+        pattern: String,
+        version: u64,
+    },
+    Prefix {
+        prefix: String,
+        version: u64,
+    },
+    Tag {
+        tag: String,
+        version: u64,
+    },
+    /// The keyspace's catalog record changed (flush, configuration, epoch).
+    Keyspace,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoherenceMessage {
+    pub origin: u64,
+    pub tenant: String,
+    pub keyspace: String,
+    pub change: CoherenceChange,
+}
+
+pub struct Coherence {
+    node_id: u64,
+    connected: Arc<AtomicBool>,
+    fallback_ttl: Duration,
+    outgoing: mpsc::Sender<CoherenceMessage>,
+}
+
+impl Coherence {
+    /// Starts the publisher and the subscriber. The channel counts as down
+    /// until the subscription is established.
+    pub fn start(
+        redis: Arc<RedisEngine>,
+        l1: Arc<L1Tier>,
+        catalog: Arc<KeyspaceCatalog>,
+        fallback_ttl: Duration,
+    ) -> Arc<Self> {
+        let node_id = rand::random::<u64>();
+        let connected = Arc::new(AtomicBool::new(false));
+        let (outgoing, outgoing_queue) = mpsc::channel(OUTGOING_QUEUE_CAPACITY);
+        let coherence = Arc::new(Coherence {
+            node_id,
+            connected: Arc::clone(&connected),
+            fallback_ttl,
+            outgoing,
+        });
+        tokio::spawn(run_publisher(
+            Arc::clone(&redis),
+            outgoing_queue,
+            Arc::clone(&connected),
+            Arc::clone(&l1),
+        ));
+        tokio::spawn(run_subscriber(redis, l1, catalog, node_id, connected));
+        metrics::gauge!("plinth_cache_coherence_up").set(0.0);
+        coherence
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    /// The longest an L1 copy may live right now: `None` while the channel
+    /// is up, `fallback_ttl` while it is down.
+    pub fn l1_lifetime_cap(&self) -> Option<Duration> {
+        if self.is_connected() {
+            return None;
+        }
+        Some(self.fallback_ttl)
+    }
+
+    /// Tells the other nodes; never waits. A full queue means others may
+    /// miss this change, so this node behaves as disconnected meanwhile.
+    pub fn announce(&self, tenant: &TenantId, keyspace: &ResourceName, change: CoherenceChange) {
+        let message = CoherenceMessage {
+            origin: self.node_id,
+            tenant: tenant.to_string(),
+            keyspace: keyspace.to_string(),
+            change,
+        };
+        if self.outgoing.try_send(message).is_err() {
+            metrics::counter!("plinth_cache_coherence_dropped_total").increment(1);
+            self.connected.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+async fn run_publisher(
+    redis: Arc<RedisEngine>,
+    mut queue: mpsc::Receiver<CoherenceMessage>,
+    connected: Arc<AtomicBool>,
+    l1: Arc<L1Tier>,
+) {
+    while let Some(message) = queue.recv().await {
+        let Ok(payload) = serde_json::to_string(&message) else {
+            continue;
+        };
+        let published = match redis.connection() {
+            Ok(mut connection) => {
+                let mut command = redis::cmd("PUBLISH");
+                command.arg(COHERENCE_CHANNEL).arg(payload);
+                redis
+                    .run(
+                        "cache.coherence_publish",
+                        command.query_async::<i64>(&mut connection),
+                    )
+                    .await
+                    .is_ok()
+            }
+            Err(_) => false,
+        };
+        if !published && connected.swap(false, Ordering::SeqCst) {
+            tracing::warn!(
+                "cache coherence: a change could not be published; capping L1 lifetimes until the channel is back"
+            );
+            metrics::gauge!("plinth_cache_coherence_up").set(0.0);
+            l1.clear_all();
+        }
+    }
+}
+
+async fn run_subscriber(
+    redis: Arc<RedisEngine>,
+    l1: Arc<L1Tier>,
+    catalog: Arc<KeyspaceCatalog>,
+    node_id: u64,
+    connected: Arc<AtomicBool>,
+) {
+    let backoff = RetryPolicy {
+        max_attempts: u32::MAX,
+        initial_backoff: HumanDuration::from_millis(100),
+        max_backoff: HumanDuration::from_secs(2),
+        multiplier: 2.0,
+    };
+    let mut failed_attempts = 0u32;
+    loop {
+        match subscribe_and_serve(&redis, &l1, &catalog, node_id, &connected).await {
+            Ok(()) => failed_attempts = 0,
+            Err(reason) => {
+                tracing::debug!(reason, "cache coherence subscription unavailable");
+                failed_attempts = failed_attempts.saturating_add(1);
+            }
+        }
+        if connected.swap(false, Ordering::SeqCst) {
+            tracing::warn!("cache coherence channel lost; L1 emptied and capped until it is back");
+        }
+        metrics::gauge!("plinth_cache_coherence_up").set(0.0);
+        l1.clear_all();
+        let delay = backoff.full_jitter_backoff(failed_attempts, &mut rand::rng());
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Serves one subscription until it drops.
+async fn subscribe_and_serve(
+    redis: &RedisEngine,
+    l1: &Arc<L1Tier>,
+    catalog: &KeyspaceCatalog,
+    node_id: u64,
+    connected: &AtomicBool,
+) -> Result<(), String> {
+    let mut pubsub = redis.pubsub().await.map_err(|error| error.to_string())?;
+    pubsub
+        .subscribe(COHERENCE_CHANNEL)
+        .await
+        .map_err(|error| error.to_string())?;
+    // Whatever was published while we were away is lost: start clean.
+    l1.clear_all();
+    connected.store(true, Ordering::SeqCst);
+    metrics::gauge!("plinth_cache_coherence_up").set(1.0);
+    tracing::info!("cache coherence channel up");
+    let mut messages = pubsub.into_on_message();
+    while let Some(message) = messages.next().await {
+        let Ok(payload) = message.get_payload::<String>() else {
+            continue;
+        };
+        let Ok(message) = serde_json::from_str::<CoherenceMessage>(&payload) else {
+            continue;
+        };
+        if message.origin == node_id {
+            continue;
+        }
+        apply(l1, catalog, message).await;
+    }
+    Ok(())
+}
+
+async fn apply(l1: &Arc<L1Tier>, catalog: &KeyspaceCatalog, message: CoherenceMessage) {
+    let (Ok(tenant), Ok(keyspace)) = (
+        TenantId::parse(&message.tenant),
+        ResourceName::parse("keyspace", &message.keyspace),
+    ) else {
+        return;
+    };
+    let scope_at = |version: u64| KeyspaceScope {
+        tenant: tenant.clone(),
+        keyspace: keyspace.clone(),
+        version,
+    };
+    let now = crate::clock::now_ms();
+    let outcome = match message.change {
+        CoherenceChange::Key {
+            key,
+            version,
+            revision,
+        } => {
+            let Ok(key) = CacheKey::parse(&key) else {
+                return;
+            };
+            let tombstone = CacheEntry {
+                value: bytes::Bytes::new(),
+                encoding: ValueEncoding::default(),
+                content_type: String::new(),
+                tags: Vec::new(),
+                revision,
+                written_at_ms: now,
+                expires_at_ms: Some(now + TOMBSTONE_LIFETIME_MS),
+                tombstone: true,
+            };
+            l1.put_if_newer(&scope_at(version), &key, tombstone).await
+        }
+        CoherenceChange::Pattern { pattern, version } => l1
+            .invalidate(&scope_at(version), &Selector::Pattern(pattern), now)
+            .await
+            .map(|_| ()),
+        CoherenceChange::Prefix { prefix, version } => l1
+            .invalidate(&scope_at(version), &Selector::Prefix(prefix), now)
+            .await
+            .map(|_| ()),
+        CoherenceChange::Tag { tag, version } => l1
+            .invalidate(&scope_at(version), &Selector::Tag(tag), now)
+            .await
+            .map(|_| ()),
+        CoherenceChange::Keyspace => {
+            catalog.forget(&tenant, &keyspace);
+            Ok(())
+        }
+    };
+    if let Err(error) = outcome {
+        tracing::debug!(error = %error, "cache coherence message could not be applied");
+    }
+}
