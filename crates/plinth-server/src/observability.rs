@@ -127,6 +127,24 @@ pub const METRICS_DOCUMENTATION: &[(&str, &str, &str, &str)] = &[
         "Audit entries that could not be written (queue full or store error).",
     ),
     (
+        "plinth_cache_lookups_total",
+        "counter",
+        "tier, result",
+        "Cache lookups per tier (l1, redis, sqlite, postgres) and result (hit, miss, error).",
+    ),
+    (
+        "plinth_cache_coherence_up",
+        "gauge",
+        "",
+        "1 while this node receives other nodes' cache changes over Redis pub/sub.",
+    ),
+    (
+        "plinth_cache_coherence_dropped_total",
+        "counter",
+        "",
+        "Cache changes not announced to other nodes because the outgoing queue was full.",
+    ),
+    (
         "plinth_idempotent_replays_total",
         "counter",
         "",

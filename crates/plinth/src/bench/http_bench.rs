@@ -58,6 +58,12 @@ pub struct HttpBenchArguments {
     json: bool,
 }
 
+/// The node under test; its process id is known only when we started it.
+struct PlinthNode {
+    endpoint: Endpoint,
+    process_id: Option<u32>,
+}
+
 /// The three routes, in the order they are measured.
 struct BenchTargets {
     bare: Option<Arc<LoadTarget>>,
@@ -67,7 +73,7 @@ struct BenchTargets {
 
 impl BenchTargets {
     fn for_plinth(
-        plinth_endpoint: &Endpoint,
+        plinth: &PlinthNode,
         api_key: &str,
         bare: Option<LoadTarget>,
     ) -> anyhow::Result<BenchTargets> {
@@ -75,15 +81,17 @@ impl BenchTargets {
             bare: bare.map(Arc::new),
             health: Arc::new(LoadTarget {
                 name: "health",
-                endpoint: plinth_endpoint.clone(),
+                endpoint: plinth.endpoint.clone(),
                 path: HEALTH_PATH.to_string(),
                 authorization: None,
+                server_process_id: plinth.process_id,
             }),
             whoami: Arc::new(LoadTarget {
                 name: "whoami",
-                endpoint: plinth_endpoint.clone(),
+                endpoint: plinth.endpoint.clone(),
                 path: WHOAMI_PATH.to_string(),
                 authorization: Some(bearer(api_key)?),
+                server_process_id: plinth.process_id,
             }),
         })
     }
@@ -165,8 +173,13 @@ async fn measure_local_children(
         endpoint: local_targets.bare_endpoint.clone(),
         path: BARE_PATH.to_string(),
         authorization: None,
+        server_process_id: local_targets.bare_process_id(),
     };
-    let targets = BenchTargets::for_plinth(&local_targets.plinth_endpoint, &api_key, Some(bare))?;
+    let plinth = PlinthNode {
+        endpoint: local_targets.plinth_endpoint.clone(),
+        process_id: local_targets.plinth_process_id(),
+    };
+    let targets = BenchTargets::for_plinth(&plinth, &api_key, Some(bare))?;
     let measurements =
         measure_every_target(&targets, plan, || local_targets.ensure_both_running()).await?;
     local_targets.ensure_both_running()?;
@@ -186,8 +199,8 @@ async fn measure_running_node(
     let Some(api_key) = &arguments.api_key else {
         anyhow::bail!("--target needs --api-key");
     };
-    let plinth = resolve_url(target_url).await?;
-    if plinth.path.path() != "/" {
+    let resolved_target = resolve_url(target_url).await?;
+    if resolved_target.path.path() != "/" {
         anyhow::bail!("--target takes the node's base URL (`http://host:port`), not a path");
     }
     let bare = match &arguments.bare {
@@ -199,10 +212,15 @@ async fn measure_running_node(
                 endpoint: resolved.endpoint,
                 path: resolved.path.to_string(),
                 authorization: None,
+                server_process_id: None,
             })
         }
     };
-    let targets = BenchTargets::for_plinth(&plinth.endpoint, api_key, bare)?;
+    let plinth = PlinthNode {
+        endpoint: resolved_target.endpoint,
+        process_id: None,
+    };
+    let targets = BenchTargets::for_plinth(&plinth, api_key, bare)?;
     // A node we did not start is not ours to watch: failures show up as
     // errors in the table instead.
     measure_every_target(&targets, plan, || Ok(())).await

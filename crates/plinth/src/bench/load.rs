@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::bench::client::{BenchConnection, Endpoint, build_request};
+use crate::bench::process_cpu::process_cpu_time;
 
 /// Highest latency the histogram tells apart; slower answers are counted
 /// at this value.
@@ -36,6 +37,9 @@ pub struct LoadTarget {
     pub endpoint: Endpoint,
     pub path: String,
     pub authorization: Option<HeaderValue>,
+    /// The server's process, when the benchmark started it, to report the
+    /// server's CPU time per request.
+    pub server_process_id: Option<u32>,
 }
 
 impl LoadTarget {
@@ -68,11 +72,27 @@ pub struct TargetMeasurement {
     /// Answered with another status, or lost to an I/O error or timeout.
     pub failed_requests: u64,
     pub latencies_microseconds: Histogram<u64>,
+    pub cpu_during_window: WindowCpu,
 }
 
 impl TargetMeasurement {
     pub fn throughput_per_second(&self) -> f64 {
         self.successful_requests as f64 / self.measured_for.as_secs_f64()
+    }
+
+    pub fn server_cpu_microseconds_per_request(&self) -> Option<f64> {
+        self.cpu_microseconds_per_request(self.cpu_during_window.server)
+    }
+
+    pub fn generator_cpu_microseconds_per_request(&self) -> Option<f64> {
+        self.cpu_microseconds_per_request(self.cpu_during_window.generator)
+    }
+
+    fn cpu_microseconds_per_request(&self, cpu: Option<Duration>) -> Option<f64> {
+        if self.successful_requests == 0 {
+            return None;
+        }
+        Some(cpu?.as_secs_f64() * 1_000_000.0 / self.successful_requests as f64)
     }
 
     pub fn latency_percentile_microseconds(&self, percentile: f64) -> u64 {
@@ -87,6 +107,49 @@ struct MeasurementWindow {
     starts_at: Instant,
     ends_at: Instant,
     abandon_at: Instant,
+}
+
+/// CPU time used during the measured window; `None` where unknown (a
+/// server the benchmark did not start, or no `/proc`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WindowCpu {
+    pub server: Option<Duration>,
+    /// This process, which during the window only generates load.
+    pub generator: Option<Duration>,
+}
+
+struct CpuSample {
+    server: Option<Duration>,
+    generator: Option<Duration>,
+}
+
+impl CpuSample {
+    fn take(server_process_id: Option<u32>) -> CpuSample {
+        CpuSample {
+            server: server_process_id.and_then(process_cpu_time),
+            generator: process_cpu_time(std::process::id()),
+        }
+    }
+
+    fn until(&self, later: &CpuSample) -> WindowCpu {
+        WindowCpu {
+            server: cpu_between(self.server, later.server),
+            generator: cpu_between(self.generator, later.generator),
+        }
+    }
+}
+
+fn cpu_between(earlier: Option<Duration>, later: Option<Duration>) -> Option<Duration> {
+    later?.checked_sub(earlier?)
+}
+
+/// Samples CPU time at both ends of the window, on its own task so that
+/// no worker is held up.
+async fn cpu_during(window: MeasurementWindow, server_process_id: Option<u32>) -> WindowCpu {
+    tokio::time::sleep_until(window.starts_at).await;
+    let at_start = CpuSample::take(server_process_id);
+    tokio::time::sleep_until(window.ends_at).await;
+    at_start.until(&CpuSample::take(server_process_id))
 }
 
 struct WorkerTally {
@@ -134,6 +197,7 @@ pub async fn measure(
         ends_at: started + shape.warmup + shape.duration,
         abandon_at: started + shape.warmup + shape.duration + STRAGGLER_GRACE,
     };
+    let cpu_sampler = tokio::spawn(cpu_during(window, target.server_process_id));
     let mut workers = JoinSet::new();
     for _ in 0..shape.connections {
         workers.spawn(run_worker(Arc::clone(&target), window));
@@ -143,6 +207,7 @@ pub async fn measure(
         let worker_tally = joined.context("a load worker panicked")??;
         total.merge(&worker_tally)?;
     }
+    let cpu_during_window = cpu_sampler.await.context("the CPU sampler panicked")?;
     Ok(TargetMeasurement {
         target_name: target.name,
         path: target.path.clone(),
@@ -151,6 +216,7 @@ pub async fn measure(
         successful_requests: total.successful_requests,
         failed_requests: total.failed_requests,
         latencies_microseconds: total.latencies_microseconds,
+        cpu_during_window,
     })
 }
 

@@ -74,6 +74,14 @@ impl LocalTargets {
         Ok(local_targets)
     }
 
+    pub fn plinth_process_id(&self) -> Option<u32> {
+        self.plinth_child.id()
+    }
+
+    pub fn bare_process_id(&self) -> Option<u32> {
+        self.bare_child.id()
+    }
+
     /// How many bytes of logs `plinth serve` has written so far.
     pub fn plinth_log_bytes(&self) -> u64 {
         std::fs::metadata(&self.plinth_log_path)

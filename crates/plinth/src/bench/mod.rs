@@ -7,6 +7,7 @@ mod client;
 mod http_bench;
 mod load;
 mod local_targets;
+mod process_cpu;
 mod provision;
 mod report;
 
