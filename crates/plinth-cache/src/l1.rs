@@ -444,10 +444,7 @@ impl CacheTier for L1Tier {
             }
         }
         keys.sort_unstable();
-        let has_more = keys.len() > limit;
-        keys.truncate(limit);
-        let next_after = if has_more { keys.last().cloned() } else { None };
-        Ok(KeyPage { keys, next_after })
+        Ok(KeyPage::from_ordered_keys(keys, limit))
     }
 
     async fn reclaim(

@@ -872,13 +872,10 @@ impl CacheTier for RedisCacheTier {
         let redis_pattern = prefix_to_redis_match(&layout.entry_key_prefix(), prefix);
         let candidates = self.list_candidates(&layout, &redis_pattern, after).await?;
         let wanted = limit.saturating_add(1);
-        let mut keys = self
+        let keys = self
             .first_live_keys(&layout, &candidates, wanted, now_ms)
             .await?;
-        let has_more = keys.len() > limit;
-        keys.truncate(limit);
-        let next_after = if has_more { keys.last().cloned() } else { None };
-        Ok(KeyPage { keys, next_after })
+        Ok(KeyPage::from_ordered_keys(keys, limit))
     }
 
     /// Unlinks entry hashes (and tag sets) of versions below

@@ -806,10 +806,7 @@ impl CacheTier for PostgresCacheStore {
         for row in &rows {
             keys.push(column::<String>(row, 0)?);
         }
-        let has_more = keys.len() > limit;
-        keys.truncate(limit);
-        let next_after = if has_more { keys.last().cloned() } else { None };
-        Ok(KeyPage { keys, next_after })
+        Ok(KeyPage::from_ordered_keys(keys, limit))
     }
 
     async fn reclaim(

@@ -308,7 +308,7 @@ impl CacheTier for SqliteCacheStore {
         let after = after.unwrap_or_default().to_string();
         // One row more than asked says whether another page follows.
         let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
-        let mut keys = self
+        let keys = self
             .engine
             .read("cache.list", move |connection| {
                 let upper_bound = prefix_upper_bound(&prefix);
@@ -337,10 +337,7 @@ impl CacheTier for SqliteCacheStore {
                 Ok(keys)
             })
             .await?;
-        let has_more = keys.len() > limit;
-        keys.truncate(limit);
-        let next_after = if has_more { keys.last().cloned() } else { None };
-        Ok(KeyPage { keys, next_after })
+        Ok(KeyPage::from_ordered_keys(keys, limit))
     }
 
     async fn reclaim(

@@ -26,6 +26,17 @@ pub struct KeyPage {
     pub next_after: Option<String>,
 }
 
+impl KeyPage {
+    /// A page from keys already in order: the first `limit` are kept, and a
+    /// key beyond them only tells that another page exists.
+    pub fn from_ordered_keys(mut keys: Vec<String>, limit: usize) -> Self {
+        let has_more = keys.len() > limit;
+        keys.truncate(limit);
+        let next_after = if has_more { keys.last().cloned() } else { None };
+        KeyPage { keys, next_after }
+    }
+}
+
 #[async_trait]
 pub trait CacheTier: Send + Sync {
     /// `l1`, `redis`, `sqlite` or `postgres`: used in stats and headers.
