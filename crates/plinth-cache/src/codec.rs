@@ -40,8 +40,10 @@ impl ValueCodec {
     ) -> Result<CacheEntry, Error> {
         let mut value = entry.value.clone();
         let mut encoding = ValueEncoding::default();
+        // Counters stay readable by the tiers that increment them in place.
         if let Some(threshold) = compression_threshold
             && value.len() >= threshold
+            && !is_integer_text(&value)
         {
             let compressed = lz4_flex::compress_prepend_size(&value);
             // Incompressible data is kept as it is.
@@ -111,6 +113,10 @@ impl ValueCodec {
             ..entry
         })
     }
+}
+
+fn is_integer_text(value: &[u8]) -> bool {
+    std::str::from_utf8(value).is_ok_and(|text| text.trim().parse::<i64>().is_ok())
 }
 
 #[cfg(test)]

@@ -281,7 +281,9 @@ async fn apply(l1: &Arc<L1Tier>, catalog: &KeyspaceCatalog, message: CoherenceMe
             .await
             .map(|_| ()),
         CoherenceChange::Keyspace => {
+            // The tiers may have changed: drop this node's copies too.
             catalog.forget(&tenant, &keyspace);
+            l1.remove_keyspace(&tenant, &keyspace);
             Ok(())
         }
     };

@@ -26,6 +26,7 @@ pub mod stats;
 pub mod store_postgres;
 pub mod store_sqlite;
 pub mod tier;
+pub mod warming;
 
 pub use model::{
     CacheEntry, CacheKey, KeyspaceScope, Revision, Selector, ValueEncoding, WriteCondition,

@@ -32,6 +32,7 @@ use crate::model::{
 };
 use crate::stats::{StatsRegistry, TierOutcome};
 use crate::tier::{CacheTier, ConditionalOutcome, KeyPage};
+use crate::warming::WarmingJobs;
 
 /// How long a deletion marker keeps older copies out of the faster tiers.
 const TOMBSTONE_LIFETIME: Duration = Duration::from_secs(60);
@@ -89,6 +90,7 @@ pub struct CacheService {
     events: broadcast::Sender<CacheEvent>,
     stats: StatsRegistry,
     coherence: Option<Arc<Coherence>>,
+    warming: WarmingJobs,
 }
 
 /// One tier as a keyspace uses it.
@@ -136,7 +138,13 @@ impl CacheService {
             events,
             stats: StatsRegistry::default(),
             coherence: options.coherence,
+            warming: WarmingJobs::default(),
         }
+    }
+
+    /// This node's warming jobs (see [`crate::warming`]).
+    pub fn warming_jobs(&self) -> &WarmingJobs {
+        &self.warming
     }
 
     /// Change events of every keyspace.
@@ -160,9 +168,19 @@ impl CacheService {
         config: KeyspaceConfig,
     ) -> Result<KeyspaceRecord, Error> {
         config.validate(self.redis.is_some(), self.codec.can_encrypt())?;
-        let record = self.catalog.put_config(tenant, keyspace, &config).await?;
-        if let Some(l1) = &config.l1 {
-            self.l1.configure(tenant, keyspace, l1_settings(l1));
+        let previous = self.catalog.get(tenant, keyspace).await?;
+        let mut record = self.catalog.put_config(tenant, keyspace, &config).await?;
+        // A copy tier that was off missed writes: its old copies must never
+        // be served again.
+        match &config.l1 {
+            Some(l1) => self.l1.configure(tenant, keyspace, l1_settings(l1)),
+            None => self.l1.remove_keyspace(tenant, keyspace),
+        }
+        let shared_tier_changed = previous
+            .as_ref()
+            .is_some_and(|previous| previous.config.l2 != config.l2);
+        if shared_tier_changed {
+            record = self.catalog.bump_l2_epoch(tenant, keyspace).await?;
         }
         self.announce(tenant, keyspace, CoherenceChange::Keyspace);
         Ok(record)
@@ -249,6 +267,44 @@ impl CacheService {
         Ok(None)
     }
 
+    /// Whether warming can do anything for the keyspace: it has a store or
+    /// Redis to load from and a faster tier to fill.
+    pub fn is_warmable(&self, record: KeyspaceRecord) -> bool {
+        let plan = self.plan(record);
+        plan.authoritative().holds_encoded_values && !plan.copies().is_empty()
+    }
+
+    /// Copies one key from the authoritative tier into every faster tier;
+    /// `false` when the key is absent. Each copy goes through
+    /// `put_if_newer`, so a write made meanwhile is never overwritten, and
+    /// every copy tier is filled even where a faster one already holds the
+    /// key. Not counted in the stats: warming is not client traffic.
+    pub async fn warm_key(
+        &self,
+        tenant: &TenantId,
+        keyspace: &ResourceName,
+        key: &CacheKey,
+    ) -> Result<bool, Error> {
+        let record = self.keyspace(tenant, keyspace).await?;
+        let plan = self.plan(record);
+        let authoritative = plan.authoritative();
+        let Some(found) = authoritative
+            .tier
+            .get(&authoritative.scope, key, now_ms())
+            .await?
+        else {
+            return Ok(false);
+        };
+        let plain = if authoritative.holds_encoded_values {
+            self.codec.decode(found)?
+        } else {
+            found
+        };
+        self.fill_faster_tiers(&plan, plan.tiers.len() - 1, key, &plain)
+            .await;
+        Ok(true)
+    }
+
     /// Copies a value found in tier `found_at` into every faster tier.
     async fn fill_faster_tiers(
         &self,
@@ -269,6 +325,28 @@ impl CacheService {
                 tracing::debug!(tier = planned.tier.name(), error = %error, "cache fill failed");
             }
         }
+    }
+
+    /// Writes many keys. Every write is checked against the keyspace's
+    /// limits before any is applied; the writes are then applied one by one.
+    pub async fn put_many(
+        &self,
+        tenant: &TenantId,
+        keyspace: &ResourceName,
+        writes: Vec<(CacheKey, CacheWrite)>,
+    ) -> Result<Vec<Revision>, Error> {
+        let record = self
+            .catalog
+            .get_or_create(tenant, keyspace, &self.default_keyspace)
+            .await?;
+        for (_, write) in &writes {
+            validate_write(&record.config, write)?;
+        }
+        let mut revisions = Vec::with_capacity(writes.len());
+        for (key, write) in writes {
+            revisions.push(self.put(tenant, keyspace, &key, write).await?);
+        }
+        Ok(revisions)
     }
 
     pub async fn put(

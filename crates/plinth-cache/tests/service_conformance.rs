@@ -25,7 +25,9 @@
 //! random suffix, so cases sharing one Redis never see each other's keys.
 //! A second [`CacheService`] on the same engines, with its own catalog and
 //! L1, stands for another node: that is how cases build stale L1 copies on
-//! purpose.
+//! purpose. Services are built without the Redis pub/sub coherence (tested
+//! by the two-node black-box test), so such a stale copy stays until its
+//! TTL and only the consistency modes stand between it and the caller.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -75,6 +77,7 @@ macro_rules! service_conformance_suite {
                 counters_start_from_absent_and_add_up,
                 concurrent_increments_from_sixteen_tasks_sum_exactly,
                 increment_of_a_non_integer_value_is_not_a_counter,
+                an_integer_above_the_compression_threshold_stays_incrementable,
                 eventual_reads_answer_from_the_fastest_tier_and_fill_it,
                 strong_reads_answer_from_the_authoritative_tier,
                 session_reads_never_return_a_copy_older_than_the_token,
@@ -84,6 +87,7 @@ macro_rules! service_conformance_suite {
                 values_over_max_value_bytes_are_refused_and_nothing_is_written,
                 change_events_report_every_set_delete_invalidate_and_flush,
                 tenants_with_the_same_keyspace_and_key_are_independent,
+                copy_tiers_turned_off_and_on_again_never_serve_missed_writes,
             );
         }
     };
@@ -295,17 +299,13 @@ impl Fixture {
 
     /// A fresh keyspace of this fixture's tenant with the combination's
     /// configuration.
-    async fn keyspace(&self, case: &str) -> Space<'_> {
+    async fn keyspace(&self, case: &str) -> Space {
         self.keyspace_with(case, |_| {}).await
     }
 
     /// A fresh keyspace with the combination's configuration as `adjust`
     /// changes it.
-    async fn keyspace_with(
-        &self,
-        case: &str,
-        adjust: impl FnOnce(&mut KeyspaceConfig),
-    ) -> Space<'_> {
+    async fn keyspace_with(&self, case: &str, adjust: impl FnOnce(&mut KeyspaceConfig)) -> Space {
         let name = unique_keyspace_name(case);
         self.configured_space(&self.tenant, name, adjust).await
     }
@@ -315,7 +315,7 @@ impl Fixture {
         tenant: &TenantId,
         name: ResourceName,
         adjust: impl FnOnce(&mut KeyspaceConfig),
-    ) -> Space<'_> {
+    ) -> Space {
         let mut config = self.combination.keyspace_config();
         adjust(&mut config);
         self.service
@@ -323,7 +323,6 @@ impl Fixture {
             .await
             .expect("configure the keyspace");
         Space {
-            fixture: self,
             service: Arc::clone(&self.service),
             tenant: tenant.clone(),
             name,
@@ -334,7 +333,7 @@ impl Fixture {
     /// when the combination has no store or it holds nothing live.
     async fn raw_store_entry(
         &self,
-        space: &Space<'_>,
+        space: &Space,
         version: u64,
         key: &CacheKey,
     ) -> Option<CacheEntry> {
@@ -355,7 +354,7 @@ impl Fixture {
     /// Every Redis entry hash of `key` in the keyspace, whatever its
     /// version, read with the documented key layout
     /// (`plinth:cache:{<tenant>:<keyspace>}:<version>:k:<key>`).
-    async fn raw_redis_entries(&self, space: &Space<'_>, key: &str) -> Vec<RawRedisEntry> {
+    async fn raw_redis_entries(&self, space: &Space, key: &str) -> Vec<RawRedisEntry> {
         let Some(engine) = &self.redis_engine else {
             return Vec::new();
         };
@@ -389,7 +388,7 @@ impl Fixture {
     /// store), with whether each says it is compressed and encrypted.
     async fn raw_encoded_copies(
         &self,
-        space: &Space<'_>,
+        space: &Space,
         key: &CacheKey,
     ) -> Vec<(&'static str, EncodedCopy)> {
         let mut copies = Vec::new();
@@ -436,6 +435,9 @@ fn build_node(
         CacheServiceOptions {
             default_keyspace: combination.keyspace_config(),
             encryption_key: Some(ENCRYPTION_KEY),
+            // Without coherence another node's L1 copy stays stale until
+            // its TTL, which is what the session case builds on purpose.
+            coherence: None,
         },
     ))
 }
@@ -508,10 +510,6 @@ impl RawRedisEntry {
             encrypted: flags & 2 != 0,
         }
     }
-
-    fn is_tombstone(&self) -> bool {
-        self.fields.get("tombstone").map(Vec::as_slice) == Some(b"1".as_slice())
-    }
 }
 
 /// A value as a tier that holds encoded values keeps it.
@@ -526,18 +524,16 @@ struct EncodedCopy {
 // ---------------------------------------------------------------------------
 
 /// A keyspace of one tenant, reached through one service (node).
-struct Space<'a> {
-    fixture: &'a Fixture,
+struct Space {
     service: Arc<CacheService>,
     tenant: TenantId,
     name: ResourceName,
 }
 
-impl<'a> Space<'a> {
+impl Space {
     /// The same keyspace reached through another node.
-    fn on(&self, service: &Arc<CacheService>) -> Space<'a> {
+    fn on(&self, service: &Arc<CacheService>) -> Space {
         Space {
-            fixture: self.fixture,
             service: Arc::clone(service),
             tenant: self.tenant.clone(),
             name: self.name.clone(),
@@ -970,7 +966,7 @@ pub async fn delete_with_a_stale_if_match_is_refused_and_the_value_stays(fixture
 /// Writes every key, reads each once (filling L1), invalidates with
 /// `selector` and checks that exactly `removed` went, from every tier.
 async fn check_invalidation(
-    space: &Space<'_>,
+    space: &Space,
     writes: &[(&str, &[&str])],
     selector: Selector,
     removed: &[&str],
@@ -1173,9 +1169,16 @@ pub async fn flush_makes_every_key_unreachable_and_reclaim_removes_old_rows(fixt
             .await
             .is_none()
     );
-    for entry in fixture.raw_redis_entries(&space, "b").await {
-        panic!("redis still holds an old-version entry {}", entry.redis_key);
-    }
+    let old_redis_keys: Vec<String> = fixture
+        .raw_redis_entries(&space, "b")
+        .await
+        .into_iter()
+        .map(|entry| entry.redis_key)
+        .collect();
+    assert!(
+        old_redis_keys.is_empty(),
+        "redis still holds old-version entries: {old_redis_keys:?}"
+    );
     assert_eq!(
         space.strong_text(&key("a")).await.as_deref(),
         Some("after the flush")
@@ -1351,6 +1354,34 @@ pub async fn increment_of_a_non_integer_value_is_not_a_counter(fixture: &Fixture
     );
 }
 
+pub async fn an_integer_above_the_compression_threshold_stays_incrementable(fixture: &Fixture) {
+    let space = fixture
+        .keyspace_with("compressed-counter", |config| {
+            config.compression_threshold = Some(8);
+        })
+        .await;
+    let big = key("big");
+    // 10^18 is a plain decimal integer that lz4 shrinks (18 zeros).
+    space.put_text(&big, "1000000000000000000").await;
+    // Integers are kept uncompressed so the tiers can increment them in place.
+    for (tier, copy) in fixture.raw_encoded_copies(&space, &big).await {
+        assert!(
+            !copy.compressed,
+            "{tier}: an integer value was stored compressed"
+        );
+    }
+    let incremented = space.increment(&big, 1).await;
+    assert!(
+        matches!(incremented, Ok((1_000_000_000_000_000_001, _))),
+        "{:?}: incrementing an integer written with a compressed copy gave {incremented:?}",
+        fixture.combination
+    );
+    assert_eq!(
+        space.strong_text(&big).await.as_deref(),
+        Some("1000000000000000001")
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Cases: consistency modes
 // ---------------------------------------------------------------------------
@@ -1455,11 +1486,19 @@ pub async fn session_reads_never_return_a_copy_older_than_the_token(fixture: &Fi
         .read(&profile, Consistency::Eventual)
         .await
         .expect("present");
-    assert!(
-        [first, second].contains(&eventual.entry.revision),
-        "an eventual read returns one of the written revisions, got {}",
-        eventual.entry.revision
-    );
+    if combination.has_l1() {
+        // Coherence is off in this suite, so the stale copy is certain.
+        assert_eq!(
+            (eventual.tier, eventual.entry.revision),
+            ("l1", first),
+            "this node's L1 still holds v1: the stale copy a session read must skip"
+        );
+    } else {
+        assert_eq!(
+            eventual.entry.revision, second,
+            "no copy tier, nothing stale"
+        );
+    }
     let session = space
         .read(&profile, Consistency::Session(second))
         .await
@@ -1480,6 +1519,21 @@ pub async fn session_reads_never_return_a_copy_older_than_the_token(fixture: &Fi
     assert_eq!(read_text(strong), "v2");
     // The session read replaced the stale copy on its way back.
     assert_eq!(space.eventual_text(&profile).await.as_deref(), Some("v2"));
+
+    // A deletion on the other node: a session holding its token must not
+    // see the value this node still has a copy of.
+    let deletion = other
+        .delete(&profile, WriteCondition::Always)
+        .await
+        .expect("delete on the other node")
+        .expect("the key existed");
+    let after_delete = space.read(&profile, Consistency::Session(deletion)).await;
+    assert!(
+        after_delete.is_none(),
+        "{combination:?}: a session read with the deletion's token {deletion} returned revision {:?}",
+        after_delete.map(|read| (read.entry.revision, read.tier))
+    );
+    assert!(space.read(&profile, Consistency::Strong).await.is_none());
 }
 
 // ---------------------------------------------------------------------------
@@ -1827,5 +1881,69 @@ pub async fn tenants_with_the_same_keyspace_and_key_are_independent(fixture: &Fi
     assert_eq!(
         alpha.eventual_text(&shared_key).await.as_deref(),
         Some("alpha after beta's delete")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Cases: configuration changes
+// ---------------------------------------------------------------------------
+
+/// A copy tier that is switched off stops receiving writes; switched on
+/// again, it must not answer with what it held before.
+pub async fn copy_tiers_turned_off_and_on_again_never_serve_missed_writes(fixture: &Fixture) {
+    let combination = fixture.combination;
+    let space = fixture.keyspace("tier-toggle").await;
+    let setting = key("setting");
+    space.put_text(&setting, "v1").await;
+    assert_eq!(space.eventual_text(&setting).await.as_deref(), Some("v1"));
+
+    // Only the authoritative tier: every copy tier is off.
+    let mut authoritative_only = combination.keyspace_config();
+    if combination.uses_store() {
+        authoritative_only.l1 = None;
+        authoritative_only.l2 = SharedTierKind::None;
+    } else if combination.uses_redis() {
+        authoritative_only.l1 = None;
+    }
+    space
+        .service
+        .configure(&space.tenant, &space.name, authoritative_only)
+        .await
+        .expect("turn the copy tiers off");
+    let second = space.put_text(&setting, "v2").await;
+    space
+        .service
+        .configure(&space.tenant, &space.name, combination.keyspace_config())
+        .await
+        .expect("turn the copy tiers on again");
+
+    let mut stale_answers = Vec::new();
+    let this_node = space
+        .read(&setting, Consistency::Eventual)
+        .await
+        .expect("present");
+    if this_node.entry.revision != second {
+        stale_answers.push(format!(
+            "this node's {} answered revision {} instead of {second}",
+            this_node.tier, this_node.entry.revision
+        ));
+    }
+    if combination.fastest_shared_tier().is_some() {
+        let other = space.on(&fixture.another_node());
+        let other_node = other
+            .read(&setting, Consistency::Eventual)
+            .await
+            .expect("present");
+        if other_node.entry.revision != second {
+            stale_answers.push(format!(
+                "a fresh node's {} answered revision {} instead of {second}",
+                other_node.tier, other_node.entry.revision
+            ));
+        }
+    }
+    assert!(
+        stale_answers.is_empty(),
+        "{combination:?}: eventual reads after the copy tiers came back: {}",
+        stale_answers.join("; ")
     );
 }

@@ -496,6 +496,86 @@ pub struct ConfiguredKeyspace {
     pub tenant: String,
     pub name: String,
     pub config: KeyspaceConfig,
+    /// Keys loaded into the faster tiers in the background once the node
+    /// listens; `null` warms nothing.
+    #[serde(default)]
+    pub warm: Option<WarmSpec>,
+}
+
+/// `max_keys` when a warm spec gives none.
+pub const DEFAULT_MAX_WARM_KEYS: usize = 10_000;
+/// The most keys one warming may load, whatever `max_keys` says.
+pub const HARD_MAX_WARM_KEYS: usize = 1_000_000;
+
+/// Which keys a warming loads from a keyspace's store (or Redis) into its
+/// faster tiers: exactly one of `prefix`, `keys` or `all = true`, and at
+/// most `max_keys` of them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmSpec {
+    /// Every live key starting with this, in key order.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// These keys.
+    #[serde(default)]
+    pub keys: Option<Vec<String>>,
+    /// Every live key, in key order.
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default = "default_max_warm_keys")]
+    pub max_keys: usize,
+}
+
+fn default_max_warm_keys() -> usize {
+    DEFAULT_MAX_WARM_KEYS
+}
+
+/// A [`WarmSpec`] once checked: what it selects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WarmSelection {
+    /// Keys starting with this; `all` is the empty prefix.
+    Prefix(String),
+    Keys(Vec<String>),
+}
+
+impl WarmSpec {
+    /// Checks the spec names exactly one selection within the bounds.
+    pub fn selection(&self) -> Result<WarmSelection, Error> {
+        if self.max_keys == 0 || self.max_keys > HARD_MAX_WARM_KEYS {
+            return Err(invalid_warm_spec(format!(
+                "max_keys must be between 1 and {HARD_MAX_WARM_KEYS}"
+            )));
+        }
+        let selection = match (&self.prefix, &self.keys, self.all) {
+            (Some(prefix), None, false) => WarmSelection::Prefix(prefix.clone()),
+            (None, Some(keys), false) => WarmSelection::Keys(keys.clone()),
+            (None, None, true) => WarmSelection::Prefix(String::new()),
+            _ => {
+                return Err(invalid_warm_spec(
+                    "give exactly one of prefix, keys or all = true".to_string(),
+                ));
+            }
+        };
+        if let WarmSelection::Keys(keys) = &selection {
+            if keys.is_empty() {
+                return Err(invalid_warm_spec(
+                    "keys is empty; list at least one key, or use prefix or all".to_string(),
+                ));
+            }
+            if keys.len() > self.max_keys {
+                return Err(invalid_warm_spec(format!(
+                    "keys lists {} keys but max_keys is {}; raise max_keys (at most {HARD_MAX_WARM_KEYS}) or list fewer keys",
+                    keys.len(),
+                    self.max_keys
+                )));
+            }
+        }
+        Ok(selection)
+    }
+}
+
+fn invalid_warm_spec(detail: String) -> Error {
+    Error::invalid_argument("invalid_warm_spec", detail)
 }
 
 #[cfg(test)]
@@ -516,6 +596,39 @@ mod tests {
         let printed = toml::to_string(&PlinthConfig::default()).unwrap();
         let parsed: PlinthConfig = toml::from_str(&printed).unwrap();
         assert_eq!(parsed.server.listen, PlinthConfig::default().server.listen);
+    }
+
+    #[test]
+    fn warm_specs_need_exactly_one_selection_within_the_bounds() {
+        let parse = |json: &str| serde_json::from_str::<WarmSpec>(json).unwrap();
+        assert_eq!(
+            parse(r#"{"prefix": "user:"}"#).selection().unwrap(),
+            WarmSelection::Prefix("user:".to_string())
+        );
+        assert_eq!(
+            parse(r#"{"all": true}"#).selection().unwrap(),
+            WarmSelection::Prefix(String::new())
+        );
+        assert_eq!(parse(r#"{"all": true}"#).max_keys, DEFAULT_MAX_WARM_KEYS);
+        assert_eq!(
+            parse(r#"{"keys": ["a", "b"], "max_keys": 2}"#)
+                .selection()
+                .unwrap(),
+            WarmSelection::Keys(vec!["a".to_string(), "b".to_string()])
+        );
+        for invalid in [
+            r#"{}"#,
+            r#"{"all": false}"#,
+            r#"{"prefix": "a", "all": true}"#,
+            r#"{"prefix": "a", "keys": ["b"]}"#,
+            r#"{"keys": []}"#,
+            r#"{"keys": ["a", "b"], "max_keys": 1}"#,
+            r#"{"all": true, "max_keys": 0}"#,
+            r#"{"all": true, "max_keys": 1000001}"#,
+        ] {
+            let error = parse(invalid).selection().unwrap_err();
+            assert_eq!(error.code(), "invalid_warm_spec", "{invalid}");
+        }
     }
 
     #[test]

@@ -91,6 +91,10 @@ fn authenticated_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(keyspaces::bulk_get))
         .routes(routes!(keyspaces::bulk_put))
         .routes(routes!(keyspaces::bulk_delete))
+        .routes(routes!(
+            keyspaces::warm_keyspace,
+            keyspaces::get_warming_status
+        ))
 }
 
 /// The OpenAPI document of every route, as served at `/v1/openapi.json`.
@@ -343,6 +347,7 @@ mod tests {
                 "/v1/keyspaces/{keyspace}/invalidate",
                 "/v1/keyspaces/{keyspace}/keys",
                 "/v1/keyspaces/{keyspace}/stats",
+                "/v1/keyspaces/{keyspace}/warm",
                 "/v1/openapi.json",
                 "/v1/whoami",
             ]

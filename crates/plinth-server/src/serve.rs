@@ -1,7 +1,9 @@
 //! Starting and stopping a node: checks the configuration is safe to run,
-//! connects the engines and migrates them, serves HTTP, and on shutdown
-//! turns readiness to 503 at once, stops accepting connections, drains
-//! in-flight requests up to `server.shutdown_timeout`, and closes engines.
+//! connects the engines and migrates them, serves HTTP (and starts the
+//! configured cache warmings in the background once it listens), and on
+//! shutdown turns readiness to 503 at once, stops accepting connections,
+//! drains in-flight requests up to `server.shutdown_timeout`, cancels
+//! running warmings, and closes engines.
 
 use std::any::Any;
 use std::net::SocketAddr;
@@ -9,10 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
+use plinth_cache::service::CacheService;
 use plinth_cache::setup::{CACHE_MIGRATION_SETS, start_cache_service};
+use plinth_cache::warming::{WarmPlan, cancel_all_warmings, nothing_to_warm, start_warming};
 use plinth_control::{Authenticator, CONTROL_MIGRATIONS, open_control_store};
-use plinth_core::Error;
-use plinth_core::config::{AuthMode, PlinthConfig};
+use plinth_core::config::{AuthMode, CacheConfig, PlinthConfig};
+use plinth_core::{Error, ResourceName, TenantId};
 use plinth_engines::Engines;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
@@ -51,6 +55,7 @@ pub async fn run_server(
     }
     let control = open_control_store(&engines.store);
     let cache = start_cache_service(&engines, &config.cache).await?;
+    let startup_warmings = plan_startup_warmings(&cache, &config.cache).await?;
     let authenticator = Arc::new(Authenticator::new(Arc::clone(&control), &config.auth)?);
     let health = Arc::new(HealthService::new(
         engines.probes(),
@@ -66,7 +71,7 @@ pub async fn run_server(
         health: Arc::clone(&health),
         audit,
         metrics,
-        cache,
+        cache: Arc::clone(&cache),
     };
     spawn_idempotency_purge(Arc::clone(&control));
 
@@ -85,6 +90,7 @@ pub async fn run_server(
     if let Some(on_listening) = options.on_listening {
         let _ = on_listening.send(local_address);
     }
+    spawn_startup_warmings(Arc::clone(&cache), startup_warmings);
 
     let (drain_started_sender, drain_started) = oneshot::channel::<()>();
     let health_for_shutdown = Arc::clone(&health);
@@ -118,9 +124,71 @@ pub async fn run_server(
             tracing::warn!(timeout = %plinth_core::HumanDuration(shutdown_timeout), "in-flight requests did not finish in time; closing them");
         }
     }
+    cancel_all_warmings(&cache);
     engines.close().await;
     tracing::info!("plinth stopped");
     Ok(())
+}
+
+/// A warming the node configuration asks for at start-up.
+struct StartupWarming {
+    tenant: TenantId,
+    keyspace: ResourceName,
+    plan: WarmPlan,
+}
+
+/// Checks the `warm` specs of the configured keyspaces before the node
+/// listens, so a mistake stops start-up instead of only reaching the log.
+async fn plan_startup_warmings(
+    cache: &CacheService,
+    config: &CacheConfig,
+) -> Result<Vec<StartupWarming>, Error> {
+    let mut warmings = Vec::new();
+    for configured in &config.keyspaces {
+        let Some(spec) = &configured.warm else {
+            continue;
+        };
+        let in_config = |error: Error| {
+            Error::invalid_argument(
+                "invalid_config",
+                format!(
+                    "cache.keyspaces `{}`: warm: {}",
+                    configured.name,
+                    error.detail()
+                ),
+            )
+        };
+        let tenant = TenantId::parse(&configured.tenant)?;
+        let keyspace = ResourceName::parse("keyspace", &configured.name)?;
+        let plan = WarmPlan::from_spec(spec).map_err(in_config)?;
+        let record = cache.keyspace(&tenant, &keyspace).await?;
+        if !cache.is_warmable(record) {
+            return Err(in_config(nothing_to_warm(&keyspace)));
+        }
+        warmings.push(StartupWarming {
+            tenant,
+            keyspace,
+            plan,
+        });
+    }
+    Ok(warmings)
+}
+
+/// Starts the configured warmings in the background: serving never waits
+/// for them.
+fn spawn_startup_warmings(cache: Arc<CacheService>, warmings: Vec<StartupWarming>) {
+    if warmings.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for warming in warmings {
+            let started =
+                start_warming(&cache, &warming.tenant, &warming.keyspace, warming.plan).await;
+            if let Err(error) = started {
+                tracing::warn!(tenant = %warming.tenant, keyspace = %warming.keyspace, error = %error, "start-up cache warming could not start");
+            }
+        }
+    });
 }
 
 /// Every component's schema, in dependency order.

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::bench::BenchArguments;
+use crate::cache_load::CacheLoadArguments;
 use crate::config_loader::ConfigSources;
 
 #[derive(Debug, Parser)]
@@ -45,6 +46,21 @@ pub enum Command {
     },
     /// Measure a running node like a client would.
     Bench(BenchArguments),
+    /// Work with a running node's cache, as a client.
+    Cache(CacheArguments),
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArguments {
+    #[command(subcommand)]
+    pub command: CacheCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Load keys from a JSON-lines file into a keyspace, through the node's
+    /// bulk-put API in batches; exits with 1 when any line was rejected.
+    Load(CacheLoadArguments),
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,8 @@ use plinth_core::config::PlinthConfig;
 const DEFAULT_CONFIG_FILE: &str = "plinth.toml";
 /// Variables the test script exports for tests; they are not configuration.
 const IGNORED_ENVIRONMENT_PREFIX: &str = "test_";
+/// The credential `plinth cache load` reads; not node configuration.
+const CLIENT_API_KEY_VARIABLE: &str = "api_key";
 
 #[derive(Debug, Default)]
 pub struct ConfigSources {
@@ -42,9 +44,8 @@ pub fn load(sources: &ConfigSources) -> Result<PlinthConfig, String> {
     figment = figment.merge(
         Env::prefixed("PLINTH_")
             .filter(|key| {
-                !key.as_str()
-                    .to_ascii_lowercase()
-                    .starts_with(IGNORED_ENVIRONMENT_PREFIX)
+                let name = key.as_str().to_ascii_lowercase();
+                !name.starts_with(IGNORED_ENVIRONMENT_PREFIX) && name != CLIENT_API_KEY_VARIABLE
             })
             .split("__"),
     );

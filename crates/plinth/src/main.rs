@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod cache_load;
 mod cli;
 mod config_loader;
 mod migrate;
@@ -12,24 +13,43 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, ConfigCommand};
+use plinth_core::config::PlinthConfig;
+
+use crate::cli::{CacheArguments, CacheCommand, Cli, Command, ConfigCommand};
+use crate::config_loader::ConfigSources;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match config_loader::load(&cli.config_sources()) {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("plinth: {message}");
-            return ExitCode::from(2);
-        }
-    };
+    let config_sources = cli.config_sources();
     match cli.command {
         Command::Config {
             command: ConfigCommand::Print,
-        } => config_loader::print(&config),
-        Command::Serve(_) => run_async(serve(config)),
-        Command::Migrate => run_async(migrate::run(config)),
-        Command::Bench(bench_arguments) => run_async(bench::run(config, bench_arguments)),
+        } => with_config(&config_sources, |config| config_loader::print(&config)),
+        Command::Serve(_) => with_config(&config_sources, |config| run_async(serve(config))),
+        Command::Migrate => with_config(&config_sources, |config| run_async(migrate::run(config))),
+        Command::Bench(bench_arguments) => with_config(&config_sources, |config| {
+            run_async(bench::run(config, bench_arguments))
+        }),
+        // A client of a running node: the node configuration does not
+        // apply, and PLINTH_API_KEY is not one of its keys.
+        Command::Cache(CacheArguments {
+            command: CacheCommand::Load(load_arguments),
+        }) => run_async(cache_load::run(load_arguments)),
+    }
+}
+
+/// Runs a command that needs the node configuration; exits with 2 when it
+/// is invalid.
+fn with_config(
+    sources: &ConfigSources,
+    command: impl FnOnce(PlinthConfig) -> ExitCode,
+) -> ExitCode {
+    match config_loader::load(sources) {
+        Ok(config) => command(config),
+        Err(message) => {
+            eprintln!("plinth: {message}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -53,7 +73,7 @@ fn run_async(future: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     }
 }
 
-async fn serve(config: plinth_core::config::PlinthConfig) -> anyhow::Result<()> {
+async fn serve(config: PlinthConfig) -> anyhow::Result<()> {
     let telemetry_guard = telemetry::init(&config.log, &config.telemetry)?;
     let options = plinth_server::ServeOptions {
         config,

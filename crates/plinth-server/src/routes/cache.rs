@@ -137,6 +137,17 @@ fn parse_consistency(
     }
 }
 
+/// RFC 9110: `If-None-Match` holds `*` or a list of ETags.
+fn if_none_match_covers(header_value: &str, current_etag: &str) -> bool {
+    let trimmed = header_value.trim();
+    if trimmed == "*" {
+        return true;
+    }
+    trimmed
+        .split(',')
+        .any(|candidate| candidate.trim().trim_start_matches("W/") == current_etag)
+}
+
 fn write_headers(revision: u64) -> [(HeaderName, HeaderValue); 2] {
     let etag =
         HeaderValue::from_str(&etag_of(revision)).expect("hex ETags are valid header values");
@@ -227,7 +238,7 @@ pub async fn get_value(
     };
     let etag = etag_of(read.entry.revision);
     if let Some(held) = header_text(&headers, &header::IF_NONE_MATCH)?
-        && held.trim() == etag
+        && if_none_match_covers(held, &etag)
     {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
@@ -266,7 +277,7 @@ pub async fn delete_value(
     Caller(principal): Caller,
     ApiPath((keyspace, key)): ApiPath<(String, String)>,
     headers: HeaderMap,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     let keyspace = parse_keyspace(&keyspace)?;
     principal.require("cache", "write", Some(keyspace.as_str()))?;
     let key = CacheKey::parse(&key)?;
@@ -283,7 +294,8 @@ pub async fn delete_value(
         .delete(&principal.tenant, &keyspace, &key, condition)
         .await?
     {
-        Some(_) => Ok(StatusCode::NO_CONTENT),
+        // The session token lets the client read its own delete back.
+        Some(revision) => Ok((StatusCode::NO_CONTENT, write_headers(revision)).into_response()),
         None => Err(Error::not_found("key_not_found", "the key is absent or expired").into()),
     }
 }

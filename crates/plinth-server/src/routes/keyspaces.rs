@@ -1,11 +1,12 @@
 //! `/v1/keyspaces`: a tenant's keyspaces: their tier configuration (applied
 //! without a restart), version, stats, key listing, bulk operations,
-//! invalidation by pattern, prefix or tag, and the O(1) flush.
+//! invalidation by pattern, prefix or tag, the O(1) flush, and warming.
 //! Scopes: `cache:read:<keyspace>`, `cache:write:<keyspace>`, and
-//! `cache:admin:<keyspace>` to configure or flush.
+//! `cache:admin:<keyspace>` to configure, flush or warm.
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use plinth_cache::catalog::KeyspaceRecord;
@@ -13,8 +14,9 @@ use plinth_cache::model::etag_of;
 use plinth_cache::pattern::validate_pattern;
 use plinth_cache::service::{CacheWrite, Consistency};
 use plinth_cache::stats::TierStats;
+use plinth_cache::warming::{WarmPlan, WarmStatus, start_warming, warming_status};
 use plinth_cache::{CacheKey, Selector, WriteCondition};
-use plinth_core::config::KeyspaceConfig;
+use plinth_core::config::{KeyspaceConfig, WarmSpec};
 use plinth_core::{Error, HumanDuration};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -463,14 +465,18 @@ pub async fn bulk_put(
     for item in request.items {
         prepared.push(prepare_bulk_item(item)?);
     }
-    let mut results = Vec::with_capacity(prepared.len());
-    for (key, write) in prepared {
-        let revision = state
-            .cache
-            .put(&principal.tenant, &keyspace, &key, write)
-            .await?;
+    let mut keys = Vec::with_capacity(prepared.len());
+    for (key, _) in &prepared {
+        keys.push(key.as_str().to_string());
+    }
+    let revisions = state
+        .cache
+        .put_many(&principal.tenant, &keyspace, prepared)
+        .await?;
+    let mut results = Vec::with_capacity(keys.len());
+    for (key, revision) in keys.into_iter().zip(revisions) {
         results.push(BulkPutResult {
-            key: key.as_str().to_string(),
+            key,
             etag: etag_of(revision),
         });
     }
@@ -555,4 +561,90 @@ pub async fn bulk_delete(
         }
     }
     Ok(Json(BulkDeleteResponse { deleted }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WarmStatusView {
+    /// `idle` (no warming of this keyspace on this node since it started),
+    /// `running`, `done` or `failed`.
+    pub state: String,
+    /// Keys selected so far: listed under the prefix, or given by name.
+    pub requested: u64,
+    /// Selected keys copied into the faster tiers.
+    pub loaded: u64,
+    /// Selected keys the store (or Redis) did not hold.
+    pub missing: u64,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+    /// Why the warming failed.
+    pub error: Option<String>,
+    /// The keyspace's lookups per tier from the start of the warming to its
+    /// end (or to now while it runs), with their hit ratio.
+    pub tiers: Vec<TierStatsView>,
+}
+
+impl From<WarmStatus> for WarmStatusView {
+    fn from(status: WarmStatus) -> Self {
+        let mut tiers = Vec::with_capacity(status.tiers.len());
+        for stats in status.tiers {
+            tiers.push(TierStatsView::from(stats));
+        }
+        WarmStatusView {
+            state: status.state.as_str().to_string(),
+            requested: status.requested,
+            loaded: status.loaded,
+            missing: status.missing,
+            started_at_ms: status.started_at_ms,
+            finished_at_ms: status.finished_at_ms,
+            error: status.error,
+            tiers,
+        }
+    }
+}
+
+/// Starts loading keys from the keyspace's store (or Redis) into its faster
+/// tiers on this node, in the background.
+#[utoipa::path(
+    post, path = "/v1/keyspaces/{keyspace}/warm", tag = "cache", security(("bearer" = [])),
+    params(("keyspace" = String, Path, description = "Keyspace name")),
+    request_body(content = Object, description = "Exactly one of `{\"prefix\": \"user:\"}`, `{\"keys\": [\"a\", \"b\"]}` or `{\"all\": true}`, plus `max_keys` (default 10000, at most 1000000)"),
+    responses(
+        (status = 202, description = "The warming started; follow it with GET", body = WarmStatusView),
+        (status = 400, description = "Not exactly one of prefix, keys, all; max_keys out of bounds; an invalid key; or nothing to warm (no store or Redis to load from, no faster tier to fill)", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, description = "No such keyspace", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, description = "A warming of this keyspace is running (warming_in_progress)", body = ProblemDocument, content_type = "application/problem+json"),
+    )
+)]
+pub async fn warm_keyspace(
+    State(state): State<AppState>,
+    Caller(principal): Caller,
+    ApiPath(keyspace): ApiPath<String>,
+    ApiJson(spec): ApiJson<WarmSpec>,
+) -> ApiResult<(StatusCode, Json<WarmStatusView>)> {
+    let keyspace = parse_keyspace(&keyspace)?;
+    principal.require("cache", "admin", Some(keyspace.as_str()))?;
+    let plan = WarmPlan::from_spec(&spec)?;
+    let status = start_warming(&state.cache, &principal.tenant, &keyspace, plan).await?;
+    Ok((StatusCode::ACCEPTED, Json(WarmStatusView::from(status))))
+}
+
+/// The keyspace's last warming on this node: progress, and the hit ratio
+/// per tier while it ran.
+#[utoipa::path(
+    get, path = "/v1/keyspaces/{keyspace}/warm", tag = "cache", security(("bearer" = [])),
+    params(("keyspace" = String, Path, description = "Keyspace name")),
+    responses(
+        (status = 200, description = "The warming status", body = WarmStatusView),
+        (status = 404, description = "No such keyspace", body = ProblemDocument, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_warming_status(
+    State(state): State<AppState>,
+    Caller(principal): Caller,
+    ApiPath(keyspace): ApiPath<String>,
+) -> ApiResult<Json<WarmStatusView>> {
+    let keyspace = parse_keyspace(&keyspace)?;
+    principal.require("cache", "read", Some(keyspace.as_str()))?;
+    let status = warming_status(&state.cache, &principal.tenant, &keyspace).await?;
+    Ok(Json(WarmStatusView::from(status)))
 }

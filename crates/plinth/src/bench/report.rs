@@ -49,6 +49,10 @@ struct MeasurementSummary {
     p50_microseconds: u64,
     p99_microseconds: u64,
     p999_microseconds: u64,
+    /// Server CPU time per answered request; only for servers the
+    /// benchmark started.
+    server_cpu_microseconds_per_request: Option<f64>,
+    generator_cpu_microseconds_per_request: Option<f64>,
 }
 
 impl MeasurementSummary {
@@ -63,6 +67,9 @@ impl MeasurementSummary {
             p50_microseconds: measurement.latency_percentile_microseconds(50.0),
             p99_microseconds: measurement.latency_percentile_microseconds(99.0),
             p999_microseconds: measurement.latency_percentile_microseconds(99.9),
+            server_cpu_microseconds_per_request: measurement.server_cpu_microseconds_per_request(),
+            generator_cpu_microseconds_per_request: measurement
+                .generator_cpu_microseconds_per_request(),
         }
     }
 }
@@ -75,6 +82,10 @@ struct Comparison {
     p50_overhead_microseconds: i64,
     throughput_connections: usize,
     throughput_ratio: f64,
+    /// Server CPU per request over the baseline's, at the throughput pass:
+    /// what the throughput ratio would be on cores of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_cpu_ratio: Option<f64>,
     /// Only for the route the targets apply to.
     #[serde(skip_serializing_if = "Option::is_none")]
     verdict: Option<Verdict>,
@@ -140,6 +151,10 @@ fn compare_one(run: &BenchRun, target_name: &'static str) -> Option<Comparison> 
         throughput_ratio_minimum: THROUGHPUT_RATIO_MINIMUM,
         throughput_ratio_passes: throughput_ratio >= THROUGHPUT_RATIO_MINIMUM,
     });
+    let server_cpu_ratio = throughput_target
+        .server_cpu_microseconds_per_request()
+        .zip(throughput_baseline.server_cpu_microseconds_per_request())
+        .map(|(target_cpu, baseline_cpu)| target_cpu / baseline_cpu);
     Some(Comparison {
         target: target_name,
         baseline: BASELINE_NAME,
@@ -147,6 +162,7 @@ fn compare_one(run: &BenchRun, target_name: &'static str) -> Option<Comparison> 
         p50_overhead_microseconds,
         throughput_connections: run.throughput_connections,
         throughput_ratio,
+        server_cpu_ratio,
         verdict,
     })
 }
@@ -178,13 +194,23 @@ fn print_json(run: &BenchRun, comparisons: Vec<Comparison>) -> anyhow::Result<()
 
 fn print_table(run: &BenchRun) {
     println!(
-        "{:<8} {:<14} {:>5} {:>10} {:>7} {:>10} {:>8} {:>8} {:>8}",
-        "target", "path", "conns", "requests", "errors", "req/s", "p50 µs", "p99 µs", "p999 µs"
+        "{:<8} {:<14} {:>5} {:>10} {:>7} {:>10} {:>8} {:>8} {:>8} {:>14} {:>14}",
+        "target",
+        "path",
+        "conns",
+        "requests",
+        "errors",
+        "req/s",
+        "p50 µs",
+        "p99 µs",
+        "p999 µs",
+        "srv cpu µs/req",
+        "gen cpu µs/req"
     );
     for measurement in &run.measurements {
         let summary = MeasurementSummary::of(measurement);
         println!(
-            "{:<8} {:<14} {:>5} {:>10} {:>7} {:>10.0} {:>8} {:>8} {:>8}",
+            "{:<8} {:<14} {:>5} {:>10} {:>7} {:>10.0} {:>8} {:>8} {:>8} {:>14} {:>14}",
             summary.target,
             summary.path,
             summary.connections,
@@ -193,8 +219,17 @@ fn print_table(run: &BenchRun) {
             summary.throughput_per_second,
             summary.p50_microseconds,
             summary.p99_microseconds,
-            summary.p999_microseconds
+            summary.p999_microseconds,
+            one_decimal_or_dash(summary.server_cpu_microseconds_per_request),
+            one_decimal_or_dash(summary.generator_cpu_microseconds_per_request)
         );
+    }
+}
+
+fn one_decimal_or_dash(value: Option<f64>) -> String {
+    match value {
+        Some(value) => format!("{value:.1}"),
+        None => "-".to_string(),
     }
 }
 
@@ -208,6 +243,7 @@ fn print_comparisons(comparisons: &[Comparison], run: &BenchRun) {
     println!();
     for comparison in comparisons {
         print_comparison(comparison);
+        print_server_cpu_ratio(comparison);
     }
     if run.latency_connections == run.throughput_connections {
         println!(
@@ -250,6 +286,20 @@ fn print_comparison(comparison: &Comparison) {
     );
 }
 
+fn print_server_cpu_ratio(comparison: &Comparison) {
+    let Some(server_cpu_ratio) = comparison.server_cpu_ratio else {
+        return;
+    };
+    println!(
+        "{} vs {}: server CPU per request {:.2}x at {} connection(s) (on cores of its own, it would sustain about {:.2}x the bare throughput)",
+        comparison.target,
+        comparison.baseline,
+        server_cpu_ratio,
+        comparison.throughput_connections,
+        1.0 / server_cpu_ratio
+    );
+}
+
 fn pass_or_fail(passes: bool) -> &'static str {
     if passes { "PASS" } else { "FAIL" }
 }
@@ -259,6 +309,7 @@ mod tests {
     use hdrhistogram::Histogram;
 
     use super::*;
+    use crate::bench::load::WindowCpu;
 
     fn measurement(
         target_name: &'static str,
@@ -276,6 +327,7 @@ mod tests {
             successful_requests: requests_in_one_second,
             failed_requests: 0,
             latencies_microseconds,
+            cpu_during_window: WindowCpu::default(),
         }
     }
 
