@@ -19,7 +19,7 @@ use plinth_core::config::PlinthConfig;
 
 use crate::bench::bare_server::BARE_PATH;
 use crate::bench::client::{Endpoint, resolve_url};
-use crate::bench::load::{LoadShape, LoadTarget, TargetMeasurement, measure};
+use crate::bench::load::{LoadShape, LoadTarget, TargetMeasurement, check_target_answers, measure};
 use crate::bench::local_targets::LocalTargets;
 use crate::bench::provision::{bearer, create_bench_api_key};
 use crate::bench::report::{BenchRun, print_report};
@@ -226,13 +226,17 @@ async fn measure_running_node(
     measure_every_target(&targets, plan, || Ok(())).await
 }
 
-/// Every pass over every target; `check_servers` runs before each one so a
-/// crashed server stops the run instead of producing a table of errors.
+/// Every pass over every target, after each target has answered once;
+/// `check_servers` runs before each measurement so a crashed server stops
+/// the run instead of producing a table of errors.
 async fn measure_every_target(
     targets: &BenchTargets,
     plan: &PassPlan,
     mut check_servers: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<TargetMeasurement>> {
+    for target in targets.in_measuring_order() {
+        check_target_answers(&target).await?;
+    }
     let mut measurements = Vec::new();
     for connections in &plan.connections_per_pass {
         for target in targets.in_measuring_order() {

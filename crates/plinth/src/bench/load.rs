@@ -15,7 +15,7 @@ use http_body_util::Full;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::bench::client::{BenchConnection, Endpoint, build_request};
+use crate::bench::client::{BenchConnection, Endpoint, build_request, send_once};
 use crate::bench::process_cpu::process_cpu_time;
 
 /// Highest latency the histogram tells apart; slower answers are counted
@@ -183,6 +183,29 @@ impl WorkerTally {
             .add(&other.latencies_microseconds)
             .context("merging latency histograms")
     }
+}
+
+/// Longest part of a refused answer quoted in the error.
+const QUOTED_ANSWER_CHARACTERS: usize = 300;
+
+/// Sends one request to `target` and fails unless it answers 2xx, so a
+/// wrong key or path is reported at once instead of as a table of errors.
+pub async fn check_target_answers(target: &LoadTarget) -> anyhow::Result<()> {
+    let (status, body) = send_once(&target.endpoint, target.request()?)
+        .await
+        .with_context(|| format!("{} {} did not answer", target.name, target.path))?;
+    if status.is_success() {
+        return Ok(());
+    }
+    let answer: String = String::from_utf8_lossy(&body)
+        .chars()
+        .take(QUOTED_ANSWER_CHARACTERS)
+        .collect();
+    anyhow::bail!(
+        "{} {} answered {status} before the benchmark: {answer}",
+        target.name,
+        target.path
+    )
 }
 
 /// Drives `target` with `shape.connections` workers for the warm-up and
