@@ -44,54 +44,6 @@ impl PostgresCacheStore {
         PostgresCacheStore { engine }
     }
 
-    /// Runs one statement outside a transaction; returns its rows.
-    async fn query_all(
-        &self,
-        operation: &'static str,
-        sql: &str,
-        parameters: &Parameters<'_>,
-    ) -> Result<Vec<Row>, Error> {
-        let client = self.engine.acquire().await?;
-        self.engine
-            .run(operation, async {
-                let statement = client.prepare_cached(sql).await?;
-                client.query(&statement, parameters).await
-            })
-            .await
-    }
-
-    /// Runs one statement that returns at most one row.
-    async fn query_optional(
-        &self,
-        operation: &'static str,
-        sql: &str,
-        parameters: &Parameters<'_>,
-    ) -> Result<Option<Row>, Error> {
-        let client = self.engine.acquire().await?;
-        self.engine
-            .run(operation, async {
-                let statement = client.prepare_cached(sql).await?;
-                client.query_opt(&statement, parameters).await
-            })
-            .await
-    }
-
-    /// Runs one statement that returns exactly one row.
-    async fn query_one(
-        &self,
-        operation: &'static str,
-        sql: &str,
-        parameters: &Parameters<'_>,
-    ) -> Result<Row, Error> {
-        let client = self.engine.acquire().await?;
-        self.engine
-            .run(operation, async {
-                let statement = client.prepare_cached(sql).await?;
-                client.query_one(&statement, parameters).await
-            })
-            .await
-    }
-
     /// Prepares (or takes from the connection's cache) the statements a
     /// transaction will run, in the order given.
     async fn prepare<const COUNT: usize>(
@@ -533,7 +485,8 @@ impl CacheTier for PostgresCacheStore {
         let location = EntryLocation::new(scope, key)?;
         let now = to_column_integer(now_ms, "now")?;
         let row = self
-            .query_optional(
+            .engine
+            .query_opt_cached(
                 "cache.get",
                 SELECT_LIVE_ENTRY,
                 &[
@@ -744,29 +697,32 @@ impl CacheTier for PostgresCacheStore {
         let row = match selector {
             Selector::Pattern(pattern) => {
                 let like = to_sql_like(pattern)?;
-                self.query_one(
-                    OPERATION,
-                    INVALIDATE_BY_PATTERN,
-                    &[&tenant, &keyspace, &version, &like, &now],
-                )
-                .await?
+                self.engine
+                    .query_one_cached(
+                        OPERATION,
+                        INVALIDATE_BY_PATTERN,
+                        &[&tenant, &keyspace, &version, &like, &now],
+                    )
+                    .await?
             }
             Selector::Prefix(prefix) => {
                 let upper_bound = prefix_upper_bound(prefix);
-                self.query_one(
-                    OPERATION,
-                    INVALIDATE_BY_PREFIX,
-                    &[&tenant, &keyspace, &version, prefix, &upper_bound, &now],
-                )
-                .await?
+                self.engine
+                    .query_one_cached(
+                        OPERATION,
+                        INVALIDATE_BY_PREFIX,
+                        &[&tenant, &keyspace, &version, prefix, &upper_bound, &now],
+                    )
+                    .await?
             }
             Selector::Tag(tag) => {
-                self.query_one(
-                    OPERATION,
-                    INVALIDATE_BY_TAG,
-                    &[&tenant, &keyspace, &version, tag, &now],
-                )
-                .await?
+                self.engine
+                    .query_one_cached(
+                        OPERATION,
+                        INVALIDATE_BY_TAG,
+                        &[&tenant, &keyspace, &version, tag, &now],
+                    )
+                    .await?
             }
         };
         from_column_integer(column(&row, 0)?, "invalidated count")
@@ -787,7 +743,8 @@ impl CacheTier for PostgresCacheStore {
         // One row more than asked says whether another page follows.
         let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
         let rows = self
-            .query_all(
+            .engine
+            .query_cached(
                 "cache.list",
                 LIST_LIVE_KEYS,
                 &[
@@ -819,7 +776,8 @@ impl CacheTier for PostgresCacheStore {
         let now = to_column_integer(now_ms, "now")?;
         let batch = i64::try_from(batch).unwrap_or(i64::MAX);
         let row = self
-            .query_one(
+            .engine
+            .query_one_cached(
                 "cache.reclaim",
                 RECLAIM,
                 &[

@@ -26,8 +26,6 @@ use crate::store::{
     NewAuditEntry, StoredResponse, TenantRecord,
 };
 
-type Parameters<'a> = [&'a (dyn ToSql + Sync)];
-
 /// How often `begin_idempotent` retries when the record it collided with
 /// vanished or expired before it could be read. Each retry means another
 /// request touched the key in between, so running out of attempts is
@@ -48,52 +46,6 @@ pub struct PostgresControlStore {
 impl PostgresControlStore {
     pub fn new(engine: Arc<PostgresEngine>) -> Self {
         PostgresControlStore { engine }
-    }
-
-    /// Runs one statement; returns how many rows it changed.
-    async fn execute(
-        &self,
-        operation: &'static str,
-        sql: &str,
-        parameters: &Parameters<'_>,
-    ) -> Result<u64, Error> {
-        let client = self.engine.acquire().await?;
-        self.engine
-            .run(operation, async {
-                let statement = client.prepare_cached(sql).await?;
-                client.execute(&statement, parameters).await
-            })
-            .await
-    }
-
-    async fn query_all(
-        &self,
-        operation: &'static str,
-        sql: &str,
-        parameters: &Parameters<'_>,
-    ) -> Result<Vec<Row>, Error> {
-        let client = self.engine.acquire().await?;
-        self.engine
-            .run(operation, async {
-                let statement = client.prepare_cached(sql).await?;
-                client.query(&statement, parameters).await
-            })
-            .await
-    }
-
-    async fn query_optional(
-        &self,
-        operation: &'static str,
-        sql: &str,
-        parameters: &Parameters<'_>,
-    ) -> Result<Option<Row>, Error> {
-        let client = self.engine.acquire().await?;
-        self.engine
-            .run(operation, async {
-                let statement = client.prepare_cached(sql).await?;
-                client.query_opt(&statement, parameters).await
-            })
-            .await
     }
 
     /// Inserts the key unless its tenant is missing or its id is taken.
@@ -237,7 +189,8 @@ impl ControlStore for PostgresControlStore {
             created_at: now_at_storage_precision(),
         };
         let inserted = self
-            .execute(
+            .engine
+            .execute_cached(
                 "control.create_tenant",
                 INSERT_TENANT,
                 &[
@@ -255,7 +208,8 @@ impl ControlStore for PostgresControlStore {
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, Error> {
         let row = self
-            .query_optional("control.get_tenant", SELECT_TENANT, &[&id.as_str()])
+            .engine
+            .query_opt_cached("control.get_tenant", SELECT_TENANT, &[&id.as_str()])
             .await?;
         let Some(row) = row else {
             return Ok(None);
@@ -270,7 +224,8 @@ impl ControlStore for PostgresControlStore {
     ) -> Result<Vec<TenantRecord>, Error> {
         let after_id = after_id.map(TenantId::as_str).unwrap_or_default();
         let rows = self
-            .query_all(
+            .engine
+            .query_cached(
                 "control.list_tenants",
                 LIST_TENANTS,
                 &[&after_id, &sql_limit(limit)],
@@ -285,7 +240,8 @@ impl ControlStore for PostgresControlStore {
 
     async fn delete_tenant(&self, id: &TenantId) -> Result<(), Error> {
         let row = self
-            .query_optional("control.delete_tenant", DELETE_TENANT, &[&id.as_str()])
+            .engine
+            .query_opt_cached("control.delete_tenant", DELETE_TENANT, &[&id.as_str()])
             .await?;
         let deleted: i64 = match &row {
             Some(row) => column(row, 0)?,
@@ -317,7 +273,8 @@ impl ControlStore for PostgresControlStore {
 
     async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, Error> {
         let row = self
-            .query_optional("control.get_api_key", SELECT_API_KEY, &[&id])
+            .engine
+            .query_opt_cached("control.get_api_key", SELECT_API_KEY, &[&id])
             .await?;
         let Some(row) = row else {
             return Ok(None);
@@ -334,7 +291,8 @@ impl ControlStore for PostgresControlStore {
         // Key ids are never empty, so "" lists from the first key on.
         let after_id = after_id.unwrap_or_default();
         let rows = self
-            .query_all(
+            .engine
+            .query_cached(
                 "control.list_api_keys",
                 LIST_API_KEYS,
                 &[&tenant.as_str(), &after_id, &sql_limit(limit)],
@@ -350,7 +308,8 @@ impl ControlStore for PostgresControlStore {
     async fn revoke_api_key(&self, tenant: &TenantId, id: &str) -> Result<ApiKeyRecord, Error> {
         let revoked_at = to_unix_micros(now_at_storage_precision());
         let row = self
-            .query_optional(
+            .engine
+            .query_opt_cached(
                 "control.revoke_api_key",
                 REVOKE_API_KEY,
                 &[&revoked_at, &id, &tenant.as_str()],
@@ -365,22 +324,23 @@ impl ControlStore for PostgresControlStore {
     async fn append_audit(&self, entry: NewAuditEntry) -> Result<(), Error> {
         let at = to_unix_micros(now_at_storage_precision());
         let actor_tenant = entry.actor_tenant.as_ref().map(TenantId::as_str);
-        self.execute(
-            "control.append_audit",
-            INSERT_AUDIT,
-            &[
-                &at,
-                &entry.actor,
-                &actor_tenant,
-                &entry.action,
-                &entry.target,
-                &entry.outcome.as_str(),
-                &entry.source_address,
-                &entry.request_id,
-                &entry.detail,
-            ],
-        )
-        .await?;
+        self.engine
+            .execute_cached(
+                "control.append_audit",
+                INSERT_AUDIT,
+                &[
+                    &at,
+                    &entry.actor,
+                    &actor_tenant,
+                    &entry.action,
+                    &entry.target,
+                    &entry.outcome.as_str(),
+                    &entry.source_address,
+                    &entry.request_id,
+                    &entry.detail,
+                ],
+            )
+            .await?;
         Ok(())
     }
 
@@ -414,7 +374,8 @@ impl ControlStore for PostgresControlStore {
             parameters.len()
         );
         let rows = self
-            .query_all("control.list_audit", &sql, &parameters)
+            .engine
+            .query_cached("control.list_audit", &sql, &parameters)
             .await?;
         let mut entries = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -434,7 +395,8 @@ impl ControlStore for PostgresControlStore {
         let expires_at = to_unix_micros(expires_at);
         for _ in 0..IDEMPOTENCY_CLAIM_ATTEMPTS {
             let claimed = self
-                .query_optional(
+                .engine
+                .query_opt_cached(
                     "control.begin_idempotent",
                     CLAIM_IDEMPOTENCY,
                     &[
@@ -451,7 +413,8 @@ impl ControlStore for PostgresControlStore {
                 return Ok(IdempotencyBegin::Started);
             }
             let existing = self
-                .query_optional(
+                .engine
+                .query_opt_cached(
                     "control.read_idempotent",
                     SELECT_IDEMPOTENCY,
                     &[&tenant.as_str(), &key],
@@ -477,7 +440,8 @@ impl ControlStore for PostgresControlStore {
     ) -> Result<(), Error> {
         let encoded_response = encode_stored_response(&response)?;
         let completed = self
-            .execute(
+            .engine
+            .execute_cached(
                 "control.complete_idempotent",
                 COMPLETE_IDEMPOTENCY,
                 &[
@@ -499,22 +463,24 @@ impl ControlStore for PostgresControlStore {
     }
 
     async fn abandon_idempotent(&self, tenant: &TenantId, key: &str) -> Result<(), Error> {
-        self.execute(
-            "control.abandon_idempotent",
-            ABANDON_IDEMPOTENCY,
-            &[&tenant.as_str(), &key, &IDEMPOTENCY_IN_PROGRESS],
-        )
-        .await?;
+        self.engine
+            .execute_cached(
+                "control.abandon_idempotent",
+                ABANDON_IDEMPOTENCY,
+                &[&tenant.as_str(), &key, &IDEMPOTENCY_IN_PROGRESS],
+            )
+            .await?;
         Ok(())
     }
 
     async fn purge_expired_idempotency(&self, now: OffsetDateTime) -> Result<u64, Error> {
-        self.execute(
-            "control.purge_expired_idempotency",
-            PURGE_IDEMPOTENCY,
-            &[&to_unix_micros(now)],
-        )
-        .await
+        self.engine
+            .execute_cached(
+                "control.purge_expired_idempotency",
+                PURGE_IDEMPOTENCY,
+                &[&to_unix_micros(now)],
+            )
+            .await
     }
 }
 

@@ -18,7 +18,8 @@ use plinth_core::resilience::{
     CircuitBreaker, EngineGuard, RetryBudget, RetryBudgetConfig, RetryPolicy, retry,
 };
 use plinth_core::{Error, HumanDuration};
-use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
 
 use crate::health::{HealthProbe, ProbeFailure};
 
@@ -146,6 +147,67 @@ impl PostgresEngine {
                 Err(guarded_error.into_plinth_error(ENGINE_NAME, postgres_failure))
             }
         }
+    }
+
+    /// Runs one statement on a pooled connection, prepared through the
+    /// connection's statement cache; returns how many rows it changed.
+    pub async fn execute_cached(
+        &self,
+        operation: &'static str,
+        sql: &str,
+        parameters: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, Error> {
+        let client = self.acquire().await?;
+        self.run(operation, async {
+            let statement = client.prepare_cached(sql).await?;
+            client.execute(&statement, parameters).await
+        })
+        .await
+    }
+
+    /// Like [`execute_cached`](Self::execute_cached); returns the rows.
+    pub async fn query_cached(
+        &self,
+        operation: &'static str,
+        sql: &str,
+        parameters: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        let client = self.acquire().await?;
+        self.run(operation, async {
+            let statement = client.prepare_cached(sql).await?;
+            client.query(&statement, parameters).await
+        })
+        .await
+    }
+
+    /// Like [`execute_cached`](Self::execute_cached); returns at most one row.
+    pub async fn query_opt_cached(
+        &self,
+        operation: &'static str,
+        sql: &str,
+        parameters: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, Error> {
+        let client = self.acquire().await?;
+        self.run(operation, async {
+            let statement = client.prepare_cached(sql).await?;
+            client.query_opt(&statement, parameters).await
+        })
+        .await
+    }
+
+    /// Like [`execute_cached`](Self::execute_cached); returns exactly one row.
+    pub async fn query_one_cached(
+        &self,
+        operation: &'static str,
+        sql: &str,
+        parameters: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, Error> {
+        let client = self.acquire().await?;
+        self.run(operation, async {
+            let statement = client.prepare_cached(sql).await?;
+            client.query_one(&statement, parameters).await
+        })
+        .await
     }
 
     /// Closes the pool: idle connections are dropped, new acquires fail.
