@@ -29,6 +29,7 @@ pub struct PlinthConfig {
     pub health: HealthConfig,
     pub idempotency: IdempotencyConfig,
     pub cache: CacheConfig,
+    pub events: EventsConfig,
 }
 
 impl Default for PlinthConfig {
@@ -45,6 +46,7 @@ impl Default for PlinthConfig {
             health: HealthConfig::default(),
             idempotency: IdempotencyConfig::default(),
             cache: CacheConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -576,6 +578,66 @@ impl WarmSpec {
 
 fn invalid_warm_spec(detail: String) -> Error {
     Error::invalid_argument("invalid_warm_spec", detail)
+}
+
+// The event store.
+
+/// Limits of the event store. Appends and reads beyond them are refused
+/// with a 4xx that names the limit, and nothing is written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// The most events one append may carry.
+    pub max_events_per_append: usize,
+    /// The largest event: its JSON data and metadata together, in bytes.
+    pub max_event_bytes: usize,
+    /// The largest append: every event's data and metadata, in bytes.
+    pub max_append_bytes: usize,
+    /// The most events one read returns; larger limits are lowered to it.
+    pub max_read_count: usize,
+    /// Events a scavenge removes per transaction, so it never holds a
+    /// stream (or SQLite's writer) for long.
+    pub scavenge_batch_size: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            max_events_per_append: 1_000,
+            max_event_bytes: 1024 * 1024,
+            max_append_bytes: 8 * 1024 * 1024,
+            max_read_count: 1_000,
+            scavenge_batch_size: 500,
+        }
+    }
+}
+
+impl EventsConfig {
+    /// Checks every limit is usable.
+    pub fn validate(&self) -> Result<(), Error> {
+        let limits = [
+            ("max_events_per_append", self.max_events_per_append),
+            ("max_event_bytes", self.max_event_bytes),
+            ("max_append_bytes", self.max_append_bytes),
+            ("max_read_count", self.max_read_count),
+            ("scavenge_batch_size", self.scavenge_batch_size),
+        ];
+        for (name, value) in limits {
+            if value == 0 {
+                return Err(Error::invalid_argument(
+                    "invalid_events_config",
+                    format!("events.{name} must be above zero"),
+                ));
+            }
+        }
+        if self.max_append_bytes < self.max_event_bytes {
+            return Err(Error::invalid_argument(
+                "invalid_events_config",
+                "events.max_append_bytes must be at least events.max_event_bytes",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

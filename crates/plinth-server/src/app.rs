@@ -17,9 +17,8 @@ use utoipa_axum::routes;
 
 use crate::idempotency::idempotency;
 use crate::middleware::auth::authenticate;
-use crate::middleware::body_limit::reject_oversized_body;
-use crate::middleware::request_context::{REQUEST_ID_HEADER, request_context};
-use crate::middleware::security_headers::add_security_headers;
+use crate::middleware::edge::{EdgeLimits, edge};
+use crate::middleware::request_context::REQUEST_ID_HEADER;
 use crate::problem::ApiError;
 use crate::routes::{admin, cache, health, keys, keyspaces, whoami};
 use crate::state::AppState;
@@ -179,31 +178,23 @@ pub fn build_router(state: AppState) -> Router {
 
 /// Wraps a router in the middleware every route shares.
 pub fn apply_middleware(router: Router, server_config: &ServerConfig) -> Router {
-    let request_timeout = server_config.request_timeout.as_duration();
-    let max_body_bytes = server_config.max_body_bytes;
-    let cors = cors_layer(&server_config.cors);
+    let limits = EdgeLimits {
+        request_timeout: server_config.request_timeout.as_duration(),
+        max_body_bytes: server_config.max_body_bytes,
+    };
     // Each `layer` call wraps everything added before it, so the last one
-    // (the request context) runs first on the way in.
+    // (the edge) runs first on the way in. The panic catcher sits inside
+    // the edge so a panic's 500 still carries the request id.
     let mut router = router
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            max_body_bytes,
-            reject_oversized_body,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            request_timeout,
-            crate::middleware::timeout::request_timeout,
-        ));
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(CatchPanicLayer::custom(crate::serve::panic_response));
     if server_config.compression {
         router = router.layer(CompressionLayer::new());
     }
-    if let Some(cors) = cors {
+    if let Some(cors) = cors_layer(&server_config.cors) {
         router = router.layer(cors);
     }
-    router
-        .layer(axum::middleware::from_fn(add_security_headers))
-        .layer(CatchPanicLayer::custom(crate::serve::panic_response))
-        .layer(axum::middleware::from_fn(request_context))
+    router.layer(axum::middleware::from_fn_with_state(limits, edge))
 }
 
 fn cors_layer(config: &plinth_core::config::CorsConfig) -> Option<CorsLayer> {

@@ -13,6 +13,7 @@ mod extract;
 mod health_service;
 mod idempotency;
 mod json;
+pub mod log_lines;
 mod middleware;
 mod observability;
 pub mod problem;

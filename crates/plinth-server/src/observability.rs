@@ -37,6 +37,12 @@ pub const METRICS_DOCUMENTATION: &[(&str, &str, &str, &str)] = &[
         "Requests being served right now.",
     ),
     (
+        "plinth_log_lines_dropped_total",
+        "counter",
+        "",
+        "Log lines dropped because the log writer's queue of 65,536 lines was full.",
+    ),
+    (
         "plinth_breaker_state",
         "gauge",
         "breaker",

@@ -1,5 +1,6 @@
 //! Logs and traces for `plinth serve`: JSON lines when stderr is not a
-//! terminal, readable text when it is; the level from `log.level`; and,
+//! terminal, readable text when it is (written by
+//! [`plinth_server::log_lines`]); the level from `log.level`; and,
 //! when `telemetry.otlp_endpoint` is set, spans exported over OTLP/HTTP
 //! with W3C trace-context propagation.
 //!
@@ -14,13 +15,19 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use plinth_core::config::{LogConfig, LogFormat, TelemetryConfig};
+use plinth_server::log_lines::{LogLineFlusher, LogLineFormat, log_line_layer};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::filter::{FilterExt, filter_fn};
+use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
+
+/// How long shutdown waits for queued log lines to reach stderr.
+const LOG_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Flushes pending spans when dropped through [`TelemetryGuard::shutdown`].
 pub struct TelemetryGuard {
     tracer_provider: Option<SdkTracerProvider>,
+    log_flusher: LogLineFlusher,
 }
 
 impl TelemetryGuard {
@@ -30,43 +37,51 @@ impl TelemetryGuard {
         {
             eprintln!("plinth: flushing traces failed: {error}");
         }
+        self.log_flusher.flush(LOG_FLUSH_TIMEOUT);
     }
 }
 
 pub fn init(log: &LogConfig, telemetry: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
-    let filter = EnvFilter::try_new(&log.level)
-        .with_context(|| format!("log.level `{}` is not a valid filter", log.level))?;
     let use_json = match log.format {
         LogFormat::Json => true,
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
+    let format = if use_json {
+        LogLineFormat::Json
+    } else {
+        LogLineFormat::Text
+    };
+    let (log_layer, log_flusher) =
+        log_line_layer(format).context("starting the log writer thread")?;
+    // Log lines are made of events only; the request's context comes from
+    // the request itself, so no span needs to be recorded for them.
+    let log_filter = level_filter(&log.level)?.and(filter_fn(|metadata| metadata.is_event()));
     let tracer_provider = match &telemetry.otlp_endpoint {
         Some(endpoint) => Some(build_tracer_provider(endpoint, telemetry)?),
         None => None,
     };
-    let otel_layer = tracer_provider
-        .as_ref()
-        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("plinth")));
-    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
-    if use_json {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init()
-            .context("installing the log subscriber")?;
-    } else {
-        registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .try_init()
-            .context("installing the log subscriber")?;
-    }
-    Ok(TelemetryGuard { tracer_provider })
+    let otel_layer = match &tracer_provider {
+        Some(provider) => Some(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("plinth"))
+                .with_filter(level_filter(&log.level)?),
+        ),
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(otel_layer)
+        .with(log_layer.with_filter(log_filter))
+        .try_init()
+        .context("installing the log subscriber")?;
+    Ok(TelemetryGuard {
+        tracer_provider,
+        log_flusher,
+    })
+}
+
+fn level_filter(level: &str) -> anyhow::Result<EnvFilter> {
+    EnvFilter::try_new(level).with_context(|| format!("log.level `{level}` is not a valid filter"))
 }
 
 fn build_tracer_provider(

@@ -1,7 +1,9 @@
-//! The middleware every request goes through, one concern per module.
+//! The middleware every request goes through, one concern per module; the
+//! edge runs the per-request steps in one pass.
 
 pub mod auth;
 pub mod body_limit;
+pub mod edge;
 pub mod request_context;
 pub mod security_headers;
 pub mod timeout;

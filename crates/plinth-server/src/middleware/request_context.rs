@@ -1,85 +1,73 @@
-//! The outermost middleware: gives each request its id (from
-//! `X-Request-Id` or generated), reads the W3C `traceparent`, opens the
-//! span every log line of the request is written in, and records the
-//! request's metrics and its one access-log line.
-//!
-//! Metric labels use the route template (`/v1/admin/tenants/{tenant}`),
-//! never the raw path, so label cardinality stays bounded.
-
-use std::time::Instant;
+//! What the server knows about the request being served: its id (from
+//! `X-Request-Id` or generated), method, route template and the trace id of
+//! a W3C `traceparent`. The edge middleware sets it as a task-local for the
+//! whole request, so problem documents, the audit log and every log line can
+//! name the request without threading it through every call.
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
-use axum::response::Response;
-use tracing::Instrument;
+use axum::http::{HeaderName, Method};
 
 pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_REQUEST_ID_LENGTH: usize = 128;
+/// The route label of requests that matched no route.
+const UNMATCHED_ROUTE: &str = "unmatched";
 
 tokio::task_local! {
-    static REQUEST_ID: String;
+    static CURRENT_REQUEST: RequestContext;
+}
+
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub method: Method,
+    /// The route template (`/v1/cache/{keyspace}/{key}`), never the raw
+    /// path, so it is safe as a metric label.
+    pub route: Option<MatchedPath>,
+    pub trace_id: Option<String>,
+}
+
+impl RequestContext {
+    pub fn of(request: &Request) -> RequestContext {
+        let request_id = incoming_request_id(request).unwrap_or_else(generate_request_id);
+        let trace_id = request
+            .headers()
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_traceparent_trace_id);
+        RequestContext {
+            request_id,
+            method: request.method().clone(),
+            route: request.extensions().get::<MatchedPath>().cloned(),
+            trace_id,
+        }
+    }
+
+    pub fn route_template(&self) -> &str {
+        match &self.route {
+            Some(matched_path) => matched_path.as_str(),
+            None => UNMATCHED_ROUTE,
+        }
+    }
+
+    /// Runs `future` with this context as the task's current request.
+    pub async fn scope<F: Future>(self, future: F) -> F::Output {
+        CURRENT_REQUEST.scope(self, future).await
+    }
+}
+
+/// Reads the context of the request being served on this task, if any.
+pub fn with_current_request<R>(read: impl FnOnce(&RequestContext) -> R) -> Option<R> {
+    CURRENT_REQUEST.try_with(read).ok()
 }
 
 /// The id of the request being served on this task, if any.
 pub fn current_request_id() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
+    with_current_request(|request| request.request_id.clone())
 }
 
-pub async fn request_context(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let request_id =
-        incoming_request_id(&request).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let route = match request.extensions().get::<MatchedPath>() {
-        Some(matched_path) => matched_path.as_str().to_string(),
-        None => "unmatched".to_string(),
-    };
-    let method = request.method().as_str().to_string();
-    let trace_id = request
-        .headers()
-        .get("traceparent")
-        .and_then(|value| value.to_str().ok())
-        .and_then(parse_traceparent_trace_id)
-        .unwrap_or_default();
-
-    let span = tracing::info_span!(
-        "http_request",
-        request_id = %request_id,
-        method = %method,
-        route = %route,
-        trace_id = %trace_id,
-    );
-    crate::observability::attach_remote_parent(&span, request.headers());
-
-    metrics::gauge!("plinth_http_requests_in_flight").increment(1.0);
-    let mut response = REQUEST_ID
-        .scope(
-            request_id.clone(),
-            next.run(request).instrument(span.clone()),
-        )
-        .await;
-    metrics::gauge!("plinth_http_requests_in_flight").decrement(1.0);
-
-    let elapsed = started.elapsed();
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("plinth_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status.clone())
-        .increment(1);
-    metrics::histogram!("plinth_http_request_duration_seconds", "method" => method, "route" => route, "status" => status)
-        .record(elapsed.as_secs_f64());
-    span.in_scope(|| {
-        tracing::info!(
-            status = response.status().as_u16(),
-            latency_us = elapsed.as_micros() as u64,
-            "request served"
-        );
-    });
-
-    if let Ok(header_value) = HeaderValue::from_str(&request_id) {
-        response
-            .headers_mut()
-            .insert(REQUEST_ID_HEADER.clone(), header_value);
-    }
-    response
+/// A UUIDv7: sortable by time, so ids in logs line up with their order.
+fn generate_request_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// A client's request id is kept when it is short, visible ASCII; anything

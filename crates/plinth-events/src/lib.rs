@@ -1,0 +1,45 @@
+//! Plinth's event store block: streams of events with expected-version
+//! appends, a gapless per-tenant global log in commit order, reads forward,
+//! backward and as of a point in time, snapshots, retention, soft and hard
+//! deletion, scavenging, hash chains with verification, export/import and
+//! live commit notification, on SQLite and PostgreSQL alike.
+//!
+//! [`EventStore`] is the block's API; it knows nothing of HTTP. Every
+//! failure is a [`plinth_core::Error`] with a stable code, except a version
+//! conflict on append, which is an [`AppendError::WrongExpectedVersion`]
+//! carrying the stream's current version.
+//!
+//! Persistent subscriptions (consumer groups) are a later addition: they
+//! will keep a per-(tenant, group) position in their own table and wait on
+//! [`EventStore::subscribe`].
+
+mod chain;
+mod clock;
+#[cfg(test)]
+mod conformance;
+mod export;
+mod migrations;
+mod model;
+mod notify;
+mod postgres;
+mod rules;
+mod scavenge;
+mod service;
+mod sqlite;
+mod store;
+mod validation;
+mod verify;
+
+pub use chain::GENESIS_HASH;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use export::{ExportRecord, ImportReport};
+pub use migrations::EVENTS_MIGRATIONS;
+pub use model::{
+    AllFilter, AllSlice, AppendError, AppendRequest, AppendResult, AppendedEvent, AsOf, DeleteMode,
+    ExpectedVersion, MAX_REVISION, NewEvent, NewSnapshot, ReadAllRequest, ReadDirection,
+    ReadStreamRequest, RecordedEvent, Snapshot, SnapshotAndEvents, StreamInfo, StreamMetadata,
+    StreamName, StreamSlice, StreamStatus, VersionConflict,
+};
+pub use scavenge::{ScavengeProgress, ScavengeReport};
+pub use service::EventStore;
+pub use verify::{IntegrityProblem, ProblemKind, VerifyReport};

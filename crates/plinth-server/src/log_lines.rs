@@ -1,0 +1,404 @@
+//! The log output: one line per event, JSON or readable text, written by a
+//! dedicated thread so a request never waits on stderr.
+//!
+//! Every line written while a request is served carries the request's
+//! context (`request_id`, `method`, `route`, `trace_id`) under `span`, read
+//! from the request's task-local context rather than from tracing span
+//! fields. That keeps log correlation free of per-request span bookkeeping:
+//! request spans exist only when a trace exporter wants them.
+//!
+//! Lines go through a bounded queue of [`QUEUED_LINES_LIMIT`] lines. When a
+//! flood fills it, new lines are dropped and counted in
+//! `plinth_log_lines_dropped_total` rather than slowing requests down.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::Context;
+
+use crate::middleware::request_context::{RequestContext, with_current_request};
+
+/// Lines that may wait for the writer thread before new ones are dropped.
+pub const QUEUED_LINES_LIMIT: usize = 65_536;
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// How long lines may wait while the node logs steadily: short enough to
+/// read a live log, long enough to write thousands of lines per batch.
+const BATCH_INTERVAL: Duration = Duration::from_millis(10);
+/// Fields `tracing-log` adds to events bridged from the `log` crate.
+const LOG_CRATE_FIELD_PREFIX: &str = "log.";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLineFormat {
+    Json,
+    Text,
+}
+
+/// The tracing layer that formats events. Spans are not its business: pair
+/// it with a filter that lets only events through.
+pub struct LogLineLayer {
+    format: LogLineFormat,
+    queue: SyncSender<WriterMessage>,
+}
+
+/// Waits for queued lines to reach stderr; call before the process exits.
+pub struct LogLineFlusher {
+    queue: SyncSender<WriterMessage>,
+}
+
+enum WriterMessage {
+    Line(String),
+    Flush(SyncSender<()>),
+}
+
+/// Starts the writer thread and returns the layer feeding it.
+pub fn log_line_layer(format: LogLineFormat) -> std::io::Result<(LogLineLayer, LogLineFlusher)> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel(QUEUED_LINES_LIMIT);
+    std::thread::Builder::new()
+        .name("plinth-log-writer".to_string())
+        .spawn(move || write_lines_until_closed(receiver, std::io::stderr()))?;
+    let layer = LogLineLayer {
+        format,
+        queue: sender.clone(),
+    };
+    Ok((layer, LogLineFlusher { queue: sender }))
+}
+
+impl LogLineFlusher {
+    /// Blocks until every line queued before the call is written, or the
+    /// timeout passes.
+    pub fn flush(&self, timeout: Duration) {
+        let (acknowledge, acknowledged) = std::sync::mpsc::sync_channel(1);
+        if self.queue.send(WriterMessage::Flush(acknowledge)).is_err() {
+            return;
+        }
+        let _ = acknowledged.recv_timeout(timeout);
+    }
+}
+
+/// Writes lines in batches. While lines keep coming, the thread sleeps
+/// [`BATCH_INTERVAL`] between batches instead of waiting on the queue, so
+/// senders never have to wake it (a futex call per line otherwise); when a
+/// batch finds the queue empty, it waits on the queue until the next line.
+fn write_lines_until_closed(receiver: Receiver<WriterMessage>, destination: impl std::io::Write) {
+    let mut output = std::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, destination);
+    let mut pending_acknowledgements = Vec::new();
+    while let Ok(first_message) = receiver.recv() {
+        let mut next_message = Some(first_message);
+        loop {
+            let mut batch_size = 0_usize;
+            while let Some(message) = next_message {
+                batch_size += 1;
+                match message {
+                    WriterMessage::Line(line) => {
+                        let _ = output.write_all(line.as_bytes());
+                    }
+                    WriterMessage::Flush(acknowledge) => pending_acknowledgements.push(acknowledge),
+                }
+                next_message = receiver.try_recv().ok();
+            }
+            let _ = output.flush();
+            for acknowledge in pending_acknowledgements.drain(..) {
+                let _ = acknowledge.send(());
+            }
+            if batch_size <= 1 {
+                break;
+            }
+            std::thread::sleep(BATCH_INTERVAL);
+            next_message = receiver.try_recv().ok();
+            if next_message.is_none() {
+                break;
+            }
+        }
+    }
+}
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for LogLineLayer {
+    fn on_event(&self, event: &Event<'_>, _context: Context<'_, S>) {
+        let line = match self.format {
+            LogLineFormat::Json => json_line(event),
+            LogLineFormat::Text => text_line(event),
+        };
+        match self.queue.try_send(WriterMessage::Line(line)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!("plinth_log_lines_dropped_total").increment(1);
+            }
+            Err(TrySendError::Disconnected(WriterMessage::Line(line))) => {
+                let _ = std::io::stderr().write_all(line.as_bytes());
+            }
+            Err(TrySendError::Disconnected(WriterMessage::Flush(_))) => {}
+        }
+    }
+}
+
+fn json_line(event: &Event<'_>) -> String {
+    let mut line = String::with_capacity(256);
+    line.push_str("{\"timestamp\":\"");
+    write_timestamp(&mut line);
+    line.push_str("\",\"level\":\"");
+    line.push_str(event.metadata().level().as_str());
+    line.push_str("\",\"fields\":{");
+    let mut fields = JsonFields {
+        line: &mut line,
+        written: 0,
+        bridged_target: None,
+    };
+    event.record(&mut fields);
+    let target = fields
+        .bridged_target
+        .take()
+        .unwrap_or_else(|| event.metadata().target().to_string());
+    line.push_str("},\"target\":");
+    write_json_string(&mut line, &target);
+    with_current_request(|request| {
+        line.push_str(",\"span\":");
+        write_request_json(&mut line, request);
+    });
+    line.push_str("}\n");
+    line
+}
+
+fn write_request_json(line: &mut String, request: &RequestContext) {
+    line.push_str("{\"request_id\":");
+    write_json_string(line, &request.request_id);
+    line.push_str(",\"method\":");
+    write_json_string(line, request.method.as_str());
+    line.push_str(",\"route\":");
+    write_json_string(line, request.route_template());
+    if let Some(trace_id) = &request.trace_id {
+        line.push_str(",\"trace_id\":");
+        write_json_string(line, trace_id);
+    }
+    line.push('}');
+}
+
+fn text_line(event: &Event<'_>) -> String {
+    let mut line = String::with_capacity(256);
+    write_timestamp(&mut line);
+    let _ = write!(line, " {:>5} ", event.metadata().level().as_str());
+    let mut fields = TextFields {
+        message: String::new(),
+        others: String::new(),
+        bridged_target: None,
+    };
+    event.record(&mut fields);
+    let target = fields
+        .bridged_target
+        .as_deref()
+        .unwrap_or(event.metadata().target());
+    let _ = write!(line, "{target}: {}{}", fields.message, fields.others);
+    with_current_request(|request| {
+        let _ = write!(
+            line,
+            " request_id={} method={} route={}",
+            request.request_id,
+            request.method,
+            request.route_template()
+        );
+        if let Some(trace_id) = &request.trace_id {
+            let _ = write!(line, " trace_id={trace_id}");
+        }
+    });
+    line.push('\n');
+    line
+}
+
+/// RFC 3339 in UTC with microseconds, e.g. `2026-11-22T14:03:07.120931Z`.
+fn write_timestamp(line: &mut String) {
+    let now = OffsetDateTime::now_utc();
+    let _ = write!(
+        line,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.microsecond()
+    );
+}
+
+/// Writes `value` as a JSON string literal.
+fn write_json_string(line: &mut String, value: &str) {
+    line.push('"');
+    let _ = JsonEscaped(line).write_str(value);
+    line.push('"');
+}
+
+/// A `fmt::Write` that escapes what goes through it for the inside of a
+/// JSON string, so `Debug` and `Display` values need no temporary string.
+struct JsonEscaped<'a>(&'a mut String);
+
+impl std::fmt::Write for JsonEscaped<'_> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        for character in text.chars() {
+            match character {
+                '"' => self.0.push_str("\\\""),
+                '\\' => self.0.push_str("\\\\"),
+                '\n' => self.0.push_str("\\n"),
+                '\r' => self.0.push_str("\\r"),
+                '\t' => self.0.push_str("\\t"),
+                control if (control as u32) < 0x20 => {
+                    let _ = write!(self.0, "\\u{:04x}", control as u32);
+                }
+                other => self.0.push(other),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes an event's fields as the members of a JSON object.
+struct JsonFields<'a> {
+    line: &'a mut String,
+    written: usize,
+    bridged_target: Option<String>,
+}
+
+impl JsonFields<'_> {
+    /// Starts a member; false for the `log` crate's bookkeeping fields.
+    fn begin(&mut self, field: &Field) -> bool {
+        if field.name().starts_with(LOG_CRATE_FIELD_PREFIX) {
+            return false;
+        }
+        if self.written > 0 {
+            self.line.push(',');
+        }
+        self.written += 1;
+        write_json_string(self.line, field.name());
+        self.line.push(':');
+        true
+    }
+}
+
+impl Visit for JsonFields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "log.target" {
+            self.bridged_target = Some(value.to_string());
+        }
+        if self.begin(field) {
+            write_json_string(self.line, value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if self.begin(field) {
+            self.line.push('"');
+            let _ = write!(JsonEscaped(self.line), "{value:?}");
+            self.line.push('"');
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if self.begin(field) {
+            self.line.push('"');
+            let _ = write!(JsonEscaped(self.line), "{value}");
+            self.line.push('"');
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.begin(field) {
+            let _ = write!(self.line, "{value}");
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if self.begin(field) {
+            let _ = write!(self.line, "{value}");
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if self.begin(field) {
+            self.line.push_str(if value { "true" } else { "false" });
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if !self.begin(field) {
+            return;
+        }
+        // JSON has no NaN or infinity.
+        if value.is_finite() {
+            let _ = write!(self.line, "{value}");
+        } else {
+            let _ = write!(self.line, "\"{value}\"");
+        }
+    }
+}
+
+/// Collects an event's message and `key=value` pairs for a text line.
+struct TextFields {
+    message: String,
+    others: String,
+    bridged_target: Option<String>,
+}
+
+impl Visit for TextFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "log.target" {
+            self.bridged_target = Some(value.to_string());
+            return;
+        }
+        self.record_debug(field, &format_args!("{value}"));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let name = field.name();
+        if name.starts_with(LOG_CRATE_FIELD_PREFIX) {
+            return;
+        }
+        if name == "message" {
+            let _ = write!(self.message, "{value:?}");
+            return;
+        }
+        let _ = write!(self.others, " {name}={value:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_escape_quotes_backslashes_and_control_characters() {
+        let mut line = String::new();
+        write_json_string(&mut line, "say \"hi\"\\\n\u{1}é");
+        assert_eq!(line, "\"say \\\"hi\\\"\\\\\\n\\u0001é\"");
+        let parsed: String = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed, "say \"hi\"\\\n\u{1}é");
+    }
+
+    #[test]
+    fn the_writer_thread_writes_every_line_before_acknowledging_a_flush() {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(16);
+        let (output_sender, output_receiver) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            let mut output = Vec::new();
+            write_lines_until_closed(receiver, &mut output);
+            output_sender.send(output).unwrap();
+        });
+        sender
+            .send(WriterMessage::Line("first\n".to_string()))
+            .unwrap();
+        sender
+            .send(WriterMessage::Line("second\n".to_string()))
+            .unwrap();
+        let flusher = LogLineFlusher {
+            queue: sender.clone(),
+        };
+        flusher.flush(Duration::from_secs(5));
+        drop(flusher);
+        drop(sender);
+        writer.join().unwrap();
+        let output = output_receiver.recv().unwrap();
+        assert_eq!(String::from_utf8(output).unwrap(), "first\nsecond\n");
+    }
+}
