@@ -10,6 +10,13 @@
 //! When L1 is the only tier it is authoritative: conditional writes are
 //! atomic per key through moka's `and_compute_with`, and revisions come from
 //! a process-wide counter.
+//!
+//! Entries and bytes are counted exactly, not read from moka: every value
+//! stored is added when it is put and taken away when moka's eviction
+//! listener reports it gone, whatever the cause (replaced, removed, expired,
+//! evicted, or refused admission). moka's own weighted size counts each
+//! entry at least `max_bytes / max_entries`, which is the bound, not what
+//! the entries hold.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{CacheEntry, CacheKey, KeyspaceScope, Selector, WriteCondition};
 use crate::pattern::glob_matches;
+use crate::stats::KeyspaceMetricLabels;
 use crate::tier::{CacheTier, ConditionalOutcome, KeyPage, not_a_counter, parse_counter};
 
 /// The bounds of one keyspace's L1.
@@ -41,19 +49,86 @@ pub struct L1Settings {
     pub eviction: EvictionKind,
 }
 
-/// Counts the stats endpoint and metrics report.
-#[derive(Debug, Default)]
-pub struct L1Counters {
-    pub evictions: AtomicU64,
-    pub expirations: AtomicU64,
+type L1Key = (u64, String);
+
+/// What one keyspace's L1 holds and has dropped, exactly, and the same as
+/// Prometheus metrics under the keyspace's bounded label.
+struct L1Accounting {
+    entries: AtomicU64,
+    bytes: AtomicU64,
+    evictions: AtomicU64,
+    expirations: AtomicU64,
+    entries_gauge: metrics::Gauge,
+    bytes_gauge: metrics::Gauge,
+    evictions_counter: metrics::Counter,
+    expirations_counter: metrics::Counter,
 }
 
-type L1Key = (u64, String);
+impl L1Accounting {
+    fn new(metric_label: String) -> Self {
+        L1Accounting {
+            entries: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            expirations: AtomicU64::new(0),
+            entries_gauge: metrics::gauge!("plinth_cache_l1_entries", "keyspace" => metric_label.clone()),
+            bytes_gauge: metrics::gauge!("plinth_cache_l1_bytes", "keyspace" => metric_label.clone()),
+            evictions_counter: metrics::counter!("plinth_cache_l1_evictions_total", "keyspace" => metric_label.clone()),
+            expirations_counter: metrics::counter!("plinth_cache_l1_expirations_total", "keyspace" => metric_label),
+        }
+    }
+
+    fn on_stored(&self, key_text: &str, entry: &CacheEntry) {
+        let bytes = held_bytes(key_text, entry);
+        self.entries.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.entries_gauge.increment(1.0);
+        self.bytes_gauge.increment(bytes as f64);
+    }
+
+    fn on_removed(&self, key_text: &str, entry: &CacheEntry, cause: RemovalCause) {
+        let bytes = held_bytes(key_text, entry);
+        self.entries.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.entries_gauge.decrement(1.0);
+        self.bytes_gauge.decrement(bytes as f64);
+        match cause {
+            // Includes new entries TinyLFU declined to admit.
+            RemovalCause::Size => {
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+                self.evictions_counter.increment(1);
+            }
+            RemovalCause::Expired => {
+                self.expirations.fetch_add(1, Ordering::Relaxed);
+                self.expirations_counter.increment(1);
+            }
+            RemovalCause::Explicit | RemovalCause::Replaced => {}
+        }
+    }
+}
+
+impl Drop for L1Accounting {
+    /// A rebuilt or removed L1 is dropped with its entries and without
+    /// notifications: take what it held out of the shared gauges.
+    fn drop(&mut self) {
+        self.entries_gauge
+            .decrement(self.entries.load(Ordering::Relaxed) as f64);
+        self.bytes_gauge
+            .decrement(self.bytes.load(Ordering::Relaxed) as f64);
+    }
+}
+
+/// What an entry holds: its key, value, content type and tags, without
+/// moka's or the allocator's bookkeeping.
+fn held_bytes(key_text: &str, entry: &CacheEntry) -> u64 {
+    let tag_bytes: usize = entry.tags.iter().map(String::len).sum();
+    (key_text.len() + entry.value.len() + entry.content_type.len() + tag_bytes) as u64
+}
 
 struct KeyspaceL1 {
     settings: L1Settings,
     cache: Cache<L1Key, CacheEntry>,
-    counters: Arc<L1Counters>,
+    accounting: Arc<L1Accounting>,
 }
 
 /// Computes how long an entry may stay: until its own expiry, at most the
@@ -95,9 +170,9 @@ impl EntryExpiry {
 }
 
 impl KeyspaceL1 {
-    fn build(settings: L1Settings) -> Self {
-        let counters = Arc::new(L1Counters::default());
-        let listener_counters = Arc::clone(&counters);
+    fn build(settings: L1Settings, metric_label: String) -> Self {
+        let accounting = Arc::new(L1Accounting::new(metric_label));
+        let listener_accounting = Arc::clone(&accounting);
         let max_entries = settings.max_entries.max(1);
         let minimum_weight = (settings.max_bytes / max_entries).max(1);
         let policy = match settings.eviction {
@@ -114,23 +189,21 @@ impl KeyspaceL1 {
             .expire_after(EntryExpiry {
                 ttl_cap: settings.ttl_cap,
             })
-            .eviction_listener(move |_key, _entry, cause| match cause {
-                RemovalCause::Size => {
-                    listener_counters.evictions.fetch_add(1, Ordering::Relaxed);
-                }
-                RemovalCause::Expired => {
-                    listener_counters
-                        .expirations
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                RemovalCause::Explicit | RemovalCause::Replaced => {}
+            .eviction_listener(move |key, entry, cause| {
+                listener_accounting.on_removed(&key.1, &entry, cause);
             })
             .build();
         KeyspaceL1 {
             settings,
             cache,
-            counters,
+            accounting,
         }
+    }
+
+    /// Puts `entry` under `key` from inside `and_compute_with`, counting it.
+    fn store(&self, key: &CacheKey, entry: CacheEntry) -> Op<CacheEntry> {
+        self.accounting.on_stored(key.as_str(), &entry);
+        Op::Put(entry)
     }
 }
 
@@ -138,14 +211,16 @@ impl KeyspaceL1 {
 pub struct L1Tier {
     keyspaces: RwLock<HashMap<(TenantId, ResourceName), Arc<KeyspaceL1>>>,
     default_settings: L1Settings,
+    metric_labels: Arc<KeyspaceMetricLabels>,
     next_revision: AtomicU64,
 }
 
 impl L1Tier {
-    pub fn new(default_settings: L1Settings) -> Self {
+    pub fn new(default_settings: L1Settings, metric_labels: Arc<KeyspaceMetricLabels>) -> Self {
         L1Tier {
             keyspaces: RwLock::new(HashMap::new()),
             default_settings,
+            metric_labels,
             // Start above zero and above the last run's revisions only
             // matters when L1 is authoritative, where nothing survives a
             // restart anyway.
@@ -168,7 +243,17 @@ impl L1Tier {
         {
             return;
         }
-        keyspaces.insert(identity, Arc::new(KeyspaceL1::build(settings)));
+        let metric_label = self.metric_labels.label_of(tenant, keyspace);
+        keyspaces.insert(
+            identity,
+            Arc::new(KeyspaceL1::build(settings, metric_label)),
+        );
+    }
+
+    /// Which keyspaces have their own Prometheus label; shared with the
+    /// service's stats so every cache metric labels a keyspace alike.
+    pub fn metric_labels(&self) -> &Arc<KeyspaceMetricLabels> {
+        &self.metric_labels
     }
 
     /// Drops a keyspace's L1 entirely (keyspace deleted).
@@ -187,18 +272,21 @@ impl L1Tier {
         }
     }
 
-    /// Entries, weighted size, evictions and expirations of a keyspace.
+    /// Entries, bytes, weighted size, evictions and expirations of a
+    /// keyspace, after moka has applied its pending evictions.
     pub fn usage(&self, tenant: &TenantId, keyspace: &ResourceName) -> L1Usage {
         let keyspaces = self.keyspaces.read();
         let Some(keyspace_l1) = keyspaces.get(&(tenant.clone(), keyspace.clone())) else {
             return L1Usage::default();
         };
         keyspace_l1.cache.run_pending_tasks();
+        let accounting = &keyspace_l1.accounting;
         L1Usage {
-            entries: keyspace_l1.cache.entry_count(),
-            bytes: keyspace_l1.cache.weighted_size(),
-            evictions: keyspace_l1.counters.evictions.load(Ordering::Relaxed),
-            expirations: keyspace_l1.counters.expirations.load(Ordering::Relaxed),
+            entries: accounting.entries.load(Ordering::Relaxed),
+            bytes: accounting.bytes.load(Ordering::Relaxed),
+            weighted_bytes: keyspace_l1.cache.weighted_size(),
+            evictions: accounting.evictions.load(Ordering::Relaxed),
+            expirations: accounting.expirations.load(Ordering::Relaxed),
         }
     }
 
@@ -208,9 +296,13 @@ impl L1Tier {
             return Arc::clone(existing);
         }
         let mut keyspaces = self.keyspaces.write();
-        let created = keyspaces
-            .entry(identity)
-            .or_insert_with(|| Arc::new(KeyspaceL1::build(self.default_settings.clone())));
+        let metric_label = self.metric_labels.label_of(&scope.tenant, &scope.keyspace);
+        let created = keyspaces.entry(identity).or_insert_with(|| {
+            Arc::new(KeyspaceL1::build(
+                self.default_settings.clone(),
+                metric_label,
+            ))
+        });
         Arc::clone(created)
     }
 
@@ -244,9 +336,16 @@ impl L1Tier {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct L1Usage {
+    /// Values and deletion markers held (markers live at most a minute).
     pub entries: u64,
+    /// Keys, values, content types and tags held, exactly.
     pub bytes: u64,
+    /// What counts against `max_bytes`: each entry weighs its bytes plus 64,
+    /// and at least `max_bytes / max_entries`.
+    pub weighted_bytes: u64,
+    /// Entries dropped for room, including new ones TinyLFU did not admit.
     pub evictions: u64,
+    /// Entries dropped at their TTL or the L1 TTL cap.
     pub expirations: u64,
 }
 
@@ -299,11 +398,14 @@ impl CacheTier for L1Tier {
                 }
                 let revision = self.allocate_revision();
                 outcome = ConditionalOutcome::Applied(revision);
-                Op::Put(CacheEntry {
-                    revision,
-                    tombstone: false,
-                    ..entry
-                })
+                keyspace.store(
+                    key,
+                    CacheEntry {
+                        revision,
+                        tombstone: false,
+                        ..entry
+                    },
+                )
             });
         Ok(outcome)
     }
@@ -377,7 +479,7 @@ impl CacheTier for L1Tier {
                     tombstone: false,
                 };
                 result = Ok((new_value, entry.clone()));
-                Op::Put(entry)
+                keyspace.store(key, entry)
             });
         result
     }
@@ -405,7 +507,11 @@ impl CacheTier for L1Tier {
                                 && !entry.tombstone)
                     }
                 };
-                if newer { Op::Put(entry) } else { Op::Nop }
+                if newer {
+                    keyspace.store(key, entry)
+                } else {
+                    Op::Nop
+                }
             });
         Ok(())
     }
@@ -468,5 +574,108 @@ impl CacheTier for L1Tier {
             keyspace.cache.invalidate(&key);
         }
         Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::model::{CacheEntry, ValueEncoding};
+
+    fn settings(max_entries: u64, ttl_cap: Duration) -> L1Settings {
+        L1Settings {
+            max_entries,
+            max_bytes: max_entries * 4096,
+            ttl_cap,
+            eviction: EvictionKind::TinyLfu,
+        }
+    }
+
+    fn scope() -> KeyspaceScope {
+        KeyspaceScope {
+            tenant: TenantId::parse("acme").unwrap(),
+            keyspace: ResourceName::parse("keyspace", "users").unwrap(),
+            version: 1,
+        }
+    }
+
+    fn entry(value_length: usize, revision: u64) -> CacheEntry {
+        CacheEntry {
+            value: Bytes::from(vec![b'v'; value_length]),
+            encoding: ValueEncoding::default(),
+            content_type: "text/plain".to_string(),
+            tags: vec!["tag".to_string()],
+            revision,
+            written_at_ms: crate::clock::now_ms(),
+            expires_at_ms: None,
+            tombstone: false,
+        }
+    }
+
+    /// What moka holds, counted by walking it.
+    fn walked_usage(tier: &L1Tier, scope: &KeyspaceScope) -> (u64, u64) {
+        let keyspace = tier.keyspace(scope);
+        keyspace.cache.run_pending_tasks();
+        let mut entries = 0;
+        let mut bytes = 0;
+        for (key, entry) in keyspace.cache.iter() {
+            entries += 1;
+            bytes += held_bytes(&key.1, &entry);
+        }
+        (entries, bytes)
+    }
+
+    fn key(index: usize) -> CacheKey {
+        CacheKey::parse(&format!("key-{index}")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn entries_and_bytes_follow_puts_replacements_removals_and_evictions() {
+        let tier = L1Tier::new(settings(50, Duration::from_secs(60)), Arc::default());
+        let scope = scope();
+        for round in 0..3u64 {
+            for index in 0..200 {
+                let sized = entry(
+                    10 + index % 7 + round as usize,
+                    round * 1000 + index as u64 + 1,
+                );
+                tier.put_if_newer(&scope, &key(index), sized).await.unwrap();
+            }
+        }
+        let now = crate::clock::now_ms();
+        tier.delete_conditional(&scope, &key(199), WriteCondition::Always, now)
+            .await
+            .unwrap();
+        tier.invalidate(&scope, &Selector::Prefix("key-1".to_string()), now)
+            .await
+            .unwrap();
+        let usage = tier.usage(&scope.tenant, &scope.keyspace);
+        let (walked_entries, walked_bytes) = walked_usage(&tier, &scope);
+        assert_eq!(usage.entries, walked_entries, "{usage:?}");
+        assert_eq!(usage.bytes, walked_bytes, "{usage:?}");
+        assert!(usage.entries <= 50, "{usage:?}");
+        assert!(usage.evictions > 0, "{usage:?}");
+        assert!(usage.weighted_bytes >= usage.bytes, "{usage:?}");
+        tier.clear_all();
+        let cleared = tier.usage(&scope.tenant, &scope.keyspace);
+        assert_eq!((cleared.entries, cleared.bytes), (0, 0), "{cleared:?}");
+    }
+
+    #[tokio::test]
+    async fn entries_past_the_ttl_cap_count_as_expirations() {
+        let tier = L1Tier::new(settings(100, Duration::from_millis(20)), Arc::default());
+        let scope = scope();
+        for index in 0..5 {
+            tier.put_if_newer(&scope, &key(index), entry(8, 1))
+                .await
+                .unwrap();
+        }
+        // moka's timer wheel removes expired entries in slots of about 1.07 s.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let usage = tier.usage(&scope.tenant, &scope.keyspace);
+        assert_eq!(usage.expirations, 5, "{usage:?}");
+        assert_eq!((usage.entries, usage.bytes), (0, 0), "{usage:?}");
     }
 }

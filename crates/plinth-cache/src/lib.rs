@@ -16,6 +16,7 @@ pub mod coherence;
 pub mod events;
 pub mod keyspace;
 pub mod l1;
+pub mod latency;
 pub mod migrations;
 pub mod model;
 pub mod pattern;

@@ -13,8 +13,9 @@
 //! epoch is bumped in the catalog: every Redis copy of that keyspace becomes
 //! unreachable, instead of serving stale values once Redis is back.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use plinth_core::{Error, ErrorKind, ResourceName, TenantId};
@@ -30,7 +31,7 @@ use crate::l1::L1Tier;
 use crate::model::{
     CacheEntry, CacheKey, KeyspaceScope, Revision, Selector, ValueEncoding, WriteCondition,
 };
-use crate::stats::{StatsRegistry, TierOutcome};
+use crate::stats::{KeyspaceStats, StatsRegistry, TierOperation, TierOutcome};
 use crate::tier::{CacheTier, ConditionalOutcome, KeyPage};
 use crate::warming::WarmingJobs;
 
@@ -105,9 +106,26 @@ struct PlannedTier {
 struct TierPlan {
     record: KeyspaceRecord,
     tiers: Vec<PlannedTier>,
+    /// Looked up once per request, not once per tier call.
+    stats: Arc<KeyspaceStats>,
 }
 
 impl TierPlan {
+    /// Runs one call to a tier and records how long it took, whatever
+    /// its outcome.
+    async fn timed<T>(
+        &self,
+        planned: &PlannedTier,
+        operation: TierOperation,
+        call: impl Future<Output = T>,
+    ) -> T {
+        let started = Instant::now();
+        let outcome = call.await;
+        self.stats
+            .record_call(planned.tier.name(), operation, started.elapsed());
+        outcome
+    }
+
     fn authoritative(&self) -> &PlannedTier {
         self.tiers
             .last()
@@ -128,6 +146,7 @@ impl CacheService {
         options: CacheServiceOptions,
     ) -> Self {
         let (events, _) = broadcast::channel(EVENT_BUS_CAPACITY);
+        let stats = StatsRegistry::new(Arc::clone(l1.metric_labels()));
         CacheService {
             catalog,
             l1,
@@ -136,7 +155,7 @@ impl CacheService {
             codec: ValueCodec::new(options.encryption_key),
             default_keyspace: options.default_keyspace,
             events,
-            stats: StatsRegistry::default(),
+            stats,
             coherence: options.coherence,
             warming: WarmingJobs::default(),
         }
@@ -226,20 +245,25 @@ impl CacheService {
         for index in first_tier_index..plan.tiers.len() {
             let planned = &plan.tiers[index];
             let is_authoritative = index == authoritative_index;
-            let found = match planned.tier.get(&planned.scope, key, now).await {
+            let lookup = plan.timed(
+                planned,
+                TierOperation::Get,
+                planned.tier.get(&planned.scope, key, now),
+            );
+            let found = match lookup.await {
                 Ok(found) => found,
                 Err(error) if !is_authoritative => {
                     // A copy tier failing is a miss: the next tier answers.
-                    self.stats
-                        .record(tenant, keyspace, planned.tier.name(), TierOutcome::Error);
+                    plan.stats
+                        .record_lookup(planned.tier.name(), TierOutcome::Error);
                     tracing::debug!(tier = planned.tier.name(), error = %error, "cache copy tier failed on read");
                     continue;
                 }
                 Err(error) => return Err(error),
             };
             let Some(found) = found else {
-                self.stats
-                    .record(tenant, keyspace, planned.tier.name(), TierOutcome::Miss);
+                plan.stats
+                    .record_lookup(planned.tier.name(), TierOutcome::Miss);
                 continue;
             };
             if let Consistency::Session(minimum_revision) = consistency
@@ -247,12 +271,12 @@ impl CacheService {
                 && found.revision < minimum_revision
             {
                 // Older than what this session wrote: ask a tier further down.
-                self.stats
-                    .record(tenant, keyspace, planned.tier.name(), TierOutcome::Miss);
+                plan.stats
+                    .record_lookup(planned.tier.name(), TierOutcome::Miss);
                 continue;
             }
-            self.stats
-                .record(tenant, keyspace, planned.tier.name(), TierOutcome::Hit);
+            plan.stats
+                .record_lookup(planned.tier.name(), TierOutcome::Hit);
             let plain = if planned.holds_encoded_values {
                 self.codec.decode(found)?
             } else {
@@ -288,11 +312,12 @@ impl CacheService {
         let record = self.keyspace(tenant, keyspace).await?;
         let plan = self.plan(record);
         let authoritative = plan.authoritative();
-        let Some(found) = authoritative
-            .tier
-            .get(&authoritative.scope, key, now_ms())
-            .await?
-        else {
+        let lookup = plan.timed(
+            authoritative,
+            TierOperation::Get,
+            authoritative.tier.get(&authoritative.scope, key, now_ms()),
+        );
+        let Some(found) = lookup.await? else {
             return Ok(false);
         };
         let plain = if authoritative.holds_encoded_values {
@@ -321,7 +346,12 @@ impl CacheService {
                     continue;
                 }
             };
-            if let Err(error) = planned.tier.put_if_newer(&planned.scope, key, copy).await {
+            let filled = plan.timed(
+                planned,
+                TierOperation::Copy,
+                planned.tier.put_if_newer(&planned.scope, key, copy),
+            );
+            if let Err(error) = filled.await {
                 tracing::debug!(tier = planned.tier.name(), error = %error, "cache fill failed");
             }
         }
@@ -378,10 +408,18 @@ impl CacheService {
         };
         let authoritative = plan.authoritative();
         let stored = self.entry_for_tier(&plan, authoritative, &plain)?;
-        let outcome = authoritative
-            .tier
-            .put_conditional(&authoritative.scope, key, stored, write.condition, now)
-            .await?;
+        let written = plan.timed(
+            authoritative,
+            TierOperation::Write,
+            authoritative.tier.put_conditional(
+                &authoritative.scope,
+                key,
+                stored,
+                write.condition,
+                now,
+            ),
+        );
+        let outcome = written.await?;
         let revision = match outcome {
             ConditionalOutcome::Applied(revision) => revision,
             ConditionalOutcome::PreconditionFailed(current) => {
@@ -419,15 +457,20 @@ impl CacheService {
         let plan = self.plan(record);
         let now = now_ms();
         let authoritative = plan.authoritative();
-        let existed = authoritative
-            .tier
-            .get(&authoritative.scope, key, now)
-            .await?
-            .is_some();
-        let outcome = authoritative
-            .tier
-            .delete_conditional(&authoritative.scope, key, condition, now)
-            .await?;
+        let existing = plan.timed(
+            authoritative,
+            TierOperation::Get,
+            authoritative.tier.get(&authoritative.scope, key, now),
+        );
+        let existed = existing.await?.is_some();
+        let deleted = plan.timed(
+            authoritative,
+            TierOperation::Write,
+            authoritative
+                .tier
+                .delete_conditional(&authoritative.scope, key, condition, now),
+        );
+        let outcome = deleted.await?;
         let revision = match outcome {
             ConditionalOutcome::Applied(revision) => revision,
             ConditionalOutcome::PreconditionFailed(current) => {
@@ -482,10 +525,14 @@ impl CacheService {
             .or(plan.record.config.default_ttl.map(|ttl| ttl.as_duration()))
             .map(|ttl| ttl.as_millis() as u64);
         let authoritative = plan.authoritative();
-        let (value, stored) = authoritative
-            .tier
-            .increment(&authoritative.scope, key, delta, ttl_ms, now)
-            .await?;
+        let incremented = plan.timed(
+            authoritative,
+            TierOperation::Write,
+            authoritative
+                .tier
+                .increment(&authoritative.scope, key, delta, ttl_ms, now),
+        );
+        let (value, stored) = incremented.await?;
         let plain = if authoritative.holds_encoded_values {
             self.codec.decode(stored)?
         } else {
@@ -517,12 +564,21 @@ impl CacheService {
         let plan = self.plan(record);
         let now = now_ms();
         let authoritative = plan.authoritative();
-        let removed = authoritative
-            .tier
-            .invalidate(&authoritative.scope, selector, now)
-            .await?;
+        let invalidated = plan.timed(
+            authoritative,
+            TierOperation::Invalidate,
+            authoritative
+                .tier
+                .invalidate(&authoritative.scope, selector, now),
+        );
+        let removed = invalidated.await?;
         for planned in plan.copies() {
-            if let Err(error) = planned.tier.invalidate(&planned.scope, selector, now).await {
+            let invalidated = plan.timed(
+                planned,
+                TierOperation::Invalidate,
+                planned.tier.invalidate(&planned.scope, selector, now),
+            );
+            if let Err(error) = invalidated.await {
                 self.on_copy_write_failure(&plan, planned, &error).await;
             }
         }
@@ -607,7 +663,12 @@ impl CacheService {
                     continue;
                 }
             };
-            if let Err(error) = planned.tier.put_if_newer(&planned.scope, key, copy).await {
+            let copied = plan.timed(
+                planned,
+                TierOperation::Copy,
+                planned.tier.put_if_newer(&planned.scope, key, copy),
+            );
+            if let Err(error) = copied.await {
                 self.on_copy_write_failure(plan, planned, &error).await;
             }
         }
@@ -725,7 +786,12 @@ impl CacheService {
                 holds_encoded_values: true,
             });
         }
-        TierPlan { record, tiers }
+        let stats = self.stats.keyspace(&record.tenant, &record.name);
+        TierPlan {
+            record,
+            tiers,
+            stats,
+        }
     }
 
     fn publish(&self, tenant: &TenantId, keyspace: &ResourceName, change: CacheChange) {

@@ -15,6 +15,7 @@ use crate::l1::L1Tier;
 use crate::migrations::CACHE_MIGRATIONS;
 use crate::redis_tier::RedisCacheTier;
 use crate::service::{CacheService, CacheServiceOptions};
+use crate::stats::KeyspaceMetricLabels;
 use crate::store_postgres::PostgresCacheStore;
 use crate::store_sqlite::SqliteCacheStore;
 use crate::tier::CacheTier;
@@ -41,7 +42,11 @@ pub async fn start_cache_service(
         .map(|engine| Arc::new(RedisCacheTier::new(Arc::clone(engine))) as Arc<dyn CacheTier>);
     let default_l1 = config.default_keyspace.l1.clone().unwrap_or_default();
     let catalog = KeyspaceCatalog::new(engines.store.clone());
-    let l1 = Arc::new(L1Tier::new(l1_settings(&default_l1)));
+    let declared_keyspaces = declared_keyspace_identities(config)?;
+    let metric_labels = Arc::new(KeyspaceMetricLabels::for_declared_keyspaces(
+        declared_keyspaces.iter().cloned(),
+    ));
+    let l1 = Arc::new(L1Tier::new(l1_settings(&default_l1), metric_labels));
     let coherence = engines.redis.as_ref().map(|redis_engine| {
         Coherence::start(
             Arc::clone(redis_engine),
@@ -61,14 +66,26 @@ pub async fn start_cache_service(
             coherence,
         },
     ));
-    for configured in &config.keyspaces {
-        let tenant = TenantId::parse(&configured.tenant)?;
-        let name = ResourceName::parse("keyspace", &configured.name)?;
+    for ((tenant, name), configured) in declared_keyspaces.iter().zip(&config.keyspaces) {
         service
-            .configure(&tenant, &name, configured.config.clone())
+            .configure(tenant, name, configured.config.clone())
             .await?;
     }
     Ok(service)
+}
+
+/// The tenant and name of each `[[cache.keyspaces]]` entry, in order.
+fn declared_keyspace_identities(
+    config: &CacheConfig,
+) -> Result<Vec<(TenantId, ResourceName)>, Error> {
+    let mut identities = Vec::with_capacity(config.keyspaces.len());
+    for configured in &config.keyspaces {
+        identities.push((
+            TenantId::parse(&configured.tenant)?,
+            ResourceName::parse("keyspace", &configured.name)?,
+        ));
+    }
+    Ok(identities)
 }
 
 fn decode_encryption_key(encoded: &str) -> Result<[u8; 32], Error> {

@@ -104,12 +104,15 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const MINUTE_MS: u64 = 60_000;
 
 async fn open_l1() -> Option<TierUnderTest> {
-    let tier = L1Tier::new(L1Settings {
-        max_entries: 10_000,
-        max_bytes: 64 * 1024 * 1024,
-        ttl_cap: Duration::from_secs(3600),
-        eviction: EvictionKind::TinyLfu,
-    });
+    let tier = L1Tier::new(
+        L1Settings {
+            max_entries: 10_000,
+            max_bytes: 64 * 1024 * 1024,
+            ttl_cap: Duration::from_secs(3600),
+            eviction: EvictionKind::TinyLfu,
+        },
+        Arc::default(),
+    );
     Some(TierUnderTest {
         tier: Arc::new(tier),
         _guard: Box::new(()),

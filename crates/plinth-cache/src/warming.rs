@@ -509,7 +509,10 @@ mod tests {
         let node = || {
             Arc::new(CacheService::new(
                 KeyspaceCatalog::new(store.clone()),
-                Arc::new(L1Tier::new(l1_settings(&L1Config::default()))),
+                Arc::new(L1Tier::new(
+                    l1_settings(&L1Config::default()),
+                    Arc::default(),
+                )),
                 None,
                 Arc::new(SqliteCacheStore::new(Arc::clone(&engine))),
                 CacheServiceOptions {

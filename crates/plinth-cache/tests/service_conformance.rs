@@ -429,7 +429,7 @@ fn build_node(
 ) -> Arc<CacheService> {
     Arc::new(CacheService::new(
         KeyspaceCatalog::new(store.clone()),
-        Arc::new(L1Tier::new(l1_settings(&test_l1_config()))),
+        Arc::new(L1Tier::new(l1_settings(&test_l1_config()), Arc::default())),
         redis_tier.cloned(),
         Arc::clone(store_tier),
         CacheServiceOptions {

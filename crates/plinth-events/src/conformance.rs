@@ -37,17 +37,17 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const START_MICROS: i64 = 1_767_225_600_000_000;
 
 /// One migrated backend for one test.
-struct Backend {
-    store: Store,
-    events: EventStore,
-    clock: Arc<ManualClock>,
+pub(crate) struct Backend {
+    pub(crate) store: Store,
+    pub(crate) events: EventStore,
+    pub(crate) clock: Arc<ManualClock>,
     /// Holds the SQLite database until the test ends.
     _directory: Option<TempDir>,
 }
 
 impl Backend {
     /// Another service over the same database, as after a node restart.
-    fn restarted(&self) -> EventStore {
+    pub(crate) fn restarted(&self) -> EventStore {
         EventStore::new(&self.store, test_config())
             .expect("valid config")
             .with_clock(Arc::clone(&self.clock) as Arc<dyn crate::clock::Clock>)
@@ -82,7 +82,7 @@ fn test_config() -> EventsConfig {
     }
 }
 
-async fn open_sqlite(_test_name: &str) -> Option<Backend> {
+pub(crate) async fn open_sqlite(_test_name: &str) -> Option<Backend> {
     let directory = tempfile::tempdir().expect("create a temporary directory");
     let breaker = Arc::new(CircuitBreaker::new("sqlite", BreakerConfig::default()));
     let engine = SqliteEngine::open(
@@ -95,7 +95,7 @@ async fn open_sqlite(_test_name: &str) -> Option<Backend> {
     Some(migrated(Store::Sqlite(Arc::new(engine)), Some(directory)).await)
 }
 
-async fn open_postgres(test_name: &str) -> Option<Backend> {
+pub(crate) async fn open_postgres(test_name: &str) -> Option<Backend> {
     let base_url = postgres_url(test_name)?;
     let url = isolated_postgres_url(&base_url, test_name).await;
     let breaker = Arc::new(CircuitBreaker::new("postgres", BreakerConfig::default()));
@@ -167,11 +167,11 @@ macro_rules! conformance_suite {
 conformance_suite!(sqlite, open_sqlite);
 conformance_suite!(postgres, open_postgres);
 
-fn tenant(id: &str) -> TenantId {
+pub(crate) fn tenant(id: &str) -> TenantId {
     TenantId::parse(id).expect("a valid tenant id")
 }
 
-fn stream(name: &str) -> StreamName {
+pub(crate) fn stream(name: &str) -> StreamName {
     StreamName::parse(name).expect("a valid stream name")
 }
 
@@ -179,11 +179,11 @@ fn event(event_type: &str, number: u64) -> NewEvent {
     NewEvent::new(event_type, json!({ "number": number }))
 }
 
-fn events(count: u64) -> Vec<NewEvent> {
+pub(crate) fn events(count: u64) -> Vec<NewEvent> {
     (0..count).map(|number| event("Happened", number)).collect()
 }
 
-async fn append(
+pub(crate) async fn append(
     backend: &Backend,
     tenant_id: &str,
     stream_name: &str,
@@ -211,7 +211,7 @@ async fn append_ok(
         .expect("append")
 }
 
-fn assert_error<T: Debug>(result: Result<T, Error>, kind: ErrorKind, code: &str) {
+pub(crate) fn assert_error<T: Debug>(result: Result<T, Error>, kind: ErrorKind, code: &str) {
     match result {
         Ok(value) => panic!("expected a {kind:?} error `{code}`, got Ok({value:?})"),
         Err(error) => {

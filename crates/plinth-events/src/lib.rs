@@ -9,9 +9,10 @@
 //! conflict on append, which is an [`AppendError::WrongExpectedVersion`]
 //! carrying the stream's current version.
 //!
-//! Persistent subscriptions (consumer groups) are a later addition: they
-//! will keep a per-(tenant, group) position in their own table and wait on
-//! [`EventStore::subscribe`].
+//! Persistent subscriptions (consumer groups, `persistent/`) keep a
+//! server-side checkpoint per (tenant, group) and deliver events at least
+//! once to competing consumers through leases, acks and nacks, parking
+//! what keeps failing.
 
 mod chain;
 mod clock;
@@ -21,6 +22,7 @@ mod export;
 mod migrations;
 mod model;
 mod notify;
+mod persistent;
 mod postgres;
 mod rules;
 mod scavenge;
@@ -39,6 +41,12 @@ pub use model::{
     ExpectedVersion, MAX_REVISION, NewEvent, NewSnapshot, ReadAllRequest, ReadDirection,
     ReadStreamRequest, RecordedEvent, Snapshot, SnapshotAndEvents, StreamInfo, StreamMetadata,
     StreamName, StreamSlice, StreamStatus, VersionConflict,
+};
+pub use persistent::{
+    AckOutcome, GroupDefinition, GroupInfo, GroupName, GroupSettings, GroupStatus, LeaseBatch,
+    LeaseRequest, LeasedEvent, MAX_GROUP_IN_FLIGHT, MAX_GROUP_RETRIES, MAX_LEASE_TIMEOUT,
+    MAX_LEASE_WAIT, MAX_POSITIONS_PER_CALL, MIN_LEASE_TIMEOUT, NackOutcome, ParkedEvent,
+    ParkedPage, ReplayOutcome, StartFrom,
 };
 pub use scavenge::{ScavengeProgress, ScavengeReport};
 pub use service::EventStore;

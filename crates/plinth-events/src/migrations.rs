@@ -19,8 +19,18 @@
 //! Revisions and positions are signed 64-bit columns (`-1` = none yet);
 //! times are unix microseconds; data and metadata are the exact JSON text
 //! the hash chain covers. On PostgreSQL stream names use the `C` collation
-//! so prefix filters compare bytes, as on SQLite. Persistent subscriptions
-//! will add their own tables keyed by (tenant, group) holding a position.
+//! so prefix filters compare bytes, as on SQLite.
+//!
+//! Version 2 adds persistent subscriptions (see `persistent/mod.rs`):
+//!
+//! - `plinth_events_groups`: one row per (tenant, group): source, filter,
+//!   settings, and the cursors `scanned_before` (every position below was
+//!   handed to tracking or is not for the group) and `settled_before`
+//!   (every position below is acked, parked or not for the group);
+//! - `plinth_events_group_events`: one row per delivered event not yet
+//!   acked: `pending`, `leased` (with its consumer and expiry) or
+//!   `parked`, with its retry and delivery counts. Acked events have no
+//!   row.
 
 use plinth_core::Error;
 use plinth_engines::{Migration, MigrationSet};
@@ -34,12 +44,20 @@ use plinth_core::HumanDuration;
 
 pub static EVENTS_MIGRATIONS: MigrationSet = MigrationSet {
     component: "events",
-    migrations: &[Migration {
-        version: 1,
-        name: "log heads, streams, events and snapshots",
-        sqlite: SQLITE_V1,
-        postgres: POSTGRES_V1,
-    }],
+    migrations: &[
+        Migration {
+            version: 1,
+            name: "log heads, streams, events and snapshots",
+            sqlite: SQLITE_V1,
+            postgres: POSTGRES_V1,
+        },
+        Migration {
+            version: 2,
+            name: "persistent subscription groups and their tracked events",
+            sqlite: SQLITE_V2,
+            postgres: POSTGRES_V2,
+        },
+    ],
 };
 
 const SQLITE_V1: &str = "
@@ -148,6 +166,72 @@ CREATE TABLE plinth_events_snapshots (
     recorded_at_us BIGINT NOT NULL,
     PRIMARY KEY (tenant, stream)
 );
+"#;
+
+const SQLITE_V2: &str = "
+CREATE TABLE plinth_events_groups (
+    tenant TEXT NOT NULL,
+    group_name TEXT NOT NULL,
+    source_stream TEXT,
+    filter_stream_prefix TEXT,
+    filter_event_types TEXT NOT NULL,
+    start_from TEXT NOT NULL,
+    max_retries INTEGER NOT NULL,
+    lease_timeout_us INTEGER NOT NULL,
+    max_in_flight INTEGER NOT NULL,
+    scanned_before INTEGER NOT NULL,
+    settled_before INTEGER NOT NULL,
+    total_retries INTEGER NOT NULL,
+    created_at_us INTEGER NOT NULL,
+    PRIMARY KEY (tenant, group_name)
+);
+
+CREATE TABLE plinth_events_group_events (
+    tenant TEXT NOT NULL,
+    group_name TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    retry_count INTEGER NOT NULL,
+    delivery_count INTEGER NOT NULL,
+    consumer TEXT,
+    lease_expires_us INTEGER,
+    PRIMARY KEY (tenant, group_name, position)
+);
+CREATE INDEX plinth_events_group_events_by_state
+    ON plinth_events_group_events (tenant, group_name, state, position);
+";
+
+const POSTGRES_V2: &str = r#"
+CREATE TABLE plinth_events_groups (
+    tenant TEXT COLLATE "C" NOT NULL,
+    group_name TEXT COLLATE "C" NOT NULL,
+    source_stream TEXT COLLATE "C",
+    filter_stream_prefix TEXT COLLATE "C",
+    filter_event_types TEXT NOT NULL,
+    start_from TEXT NOT NULL,
+    max_retries BIGINT NOT NULL,
+    lease_timeout_us BIGINT NOT NULL,
+    max_in_flight BIGINT NOT NULL,
+    scanned_before BIGINT NOT NULL,
+    settled_before BIGINT NOT NULL,
+    total_retries BIGINT NOT NULL,
+    created_at_us BIGINT NOT NULL,
+    PRIMARY KEY (tenant, group_name)
+);
+
+CREATE TABLE plinth_events_group_events (
+    tenant TEXT COLLATE "C" NOT NULL,
+    group_name TEXT COLLATE "C" NOT NULL,
+    position BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    retry_count BIGINT NOT NULL,
+    delivery_count BIGINT NOT NULL,
+    consumer TEXT,
+    lease_expires_us BIGINT,
+    PRIMARY KEY (tenant, group_name, position)
+);
+CREATE INDEX plinth_events_group_events_by_state
+    ON plinth_events_group_events (tenant, group_name, state, position);
 "#;
 
 /// The columns of a stream row, in the order `StreamRow` reads them.

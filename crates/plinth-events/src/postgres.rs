@@ -211,7 +211,7 @@ fn event_row(row: &Row) -> EventRow {
     }
 }
 
-fn recorded_events(rows: Vec<Row>) -> Result<Vec<RecordedEvent>, Error> {
+pub(crate) fn recorded_events(rows: Vec<Row>) -> Result<Vec<RecordedEvent>, Error> {
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
         events.push(event_row(&row).into_recorded()?);
@@ -953,5 +953,16 @@ impl EventBackend for PostgresEventBackend {
             .run("events_import_commit", transaction.commit())
             .await?;
         Ok(ImportOutcome::Imported)
+    }
+
+    async fn log_tenants(&self) -> Result<Vec<String>, Error> {
+        let rows = self
+            .query(
+                "events_log_tenants",
+                "SELECT tenant FROM plinth_events_log_heads ORDER BY tenant",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 }

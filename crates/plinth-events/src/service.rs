@@ -13,11 +13,12 @@ use tokio::sync::watch;
 use crate::clock::{Clock, SystemClock};
 use crate::migrations::{time_to_micros, to_column};
 use crate::model::{
-    AllSlice, AppendError, AppendRequest, AppendResult, AsOf, DeleteMode, ExpectedVersion,
-    MAX_REVISION, NewSnapshot, ReadAllRequest, ReadDirection, ReadStreamRequest, Snapshot,
-    SnapshotAndEvents, StreamInfo, StreamMetadata, StreamName, StreamSlice,
+    AllFilter, AllSlice, AppendError, AppendRequest, AppendResult, AsOf, DeleteMode,
+    ExpectedVersion, MAX_REVISION, NewSnapshot, ReadAllRequest, ReadDirection, ReadStreamRequest,
+    Snapshot, SnapshotAndEvents, StreamInfo, StreamMetadata, StreamName, StreamSlice,
 };
 use crate::notify::CommitNotifier;
+use crate::persistent::store::{GroupBackend, open_group_backend};
 use crate::rules::{
     StreamChange, StreamRecord, snapshot_is_hidden, stream_deleted, stream_not_found,
 };
@@ -35,6 +36,11 @@ pub struct EventStore {
     /// Scavenge and verify take this, so a node never runs them together
     /// (verify would see a scavenge half done).
     pub(crate) maintenance: tokio::sync::Mutex<()>,
+    /// Consumer groups (`persistent/`).
+    pub(crate) groups: Arc<dyn GroupBackend>,
+    /// Woken by acks, nacks, replays and settings changes, which may make
+    /// events deliverable to a waiting lease without any new commit.
+    pub(crate) group_activity: tokio::sync::Notify,
 }
 
 /// Inclusive bounds a point in time puts on positions and recorded times.
@@ -71,6 +77,8 @@ impl EventStore {
             clock: Arc::new(SystemClock),
             notifier: CommitNotifier::default(),
             maintenance: tokio::sync::Mutex::new(()),
+            groups: open_group_backend(store),
+            group_activity: tokio::sync::Notify::new(),
         })
     }
 
@@ -118,7 +126,7 @@ impl EventStore {
         self.notifier.subscribe(tenant)
     }
 
-    fn read_limit(&self, limit: usize) -> Result<i64, Error> {
+    pub(crate) fn read_limit(&self, limit: usize) -> Result<i64, Error> {
         if limit == 0 {
             return Err(Error::invalid_argument(
                 "invalid_limit",
@@ -383,16 +391,20 @@ impl EventStore {
 }
 
 fn validate_filter(request: &ReadAllRequest) -> Result<(), Error> {
-    if let Some(prefix) = &request.filter.stream_prefix {
+    validate_all_filter(&request.filter)
+}
+
+pub(crate) fn validate_all_filter(filter: &AllFilter) -> Result<(), Error> {
+    if let Some(prefix) = &filter.stream_prefix {
         ResourceName::parse("stream prefix", prefix)?;
     }
-    if request.filter.event_types.len() > MAX_FILTER_EVENT_TYPES {
+    if filter.event_types.len() > MAX_FILTER_EVENT_TYPES {
         return Err(Error::invalid_argument(
             "invalid_filter",
             format!("a filter may name at most {MAX_FILTER_EVENT_TYPES} event types"),
         ));
     }
-    for event_type in &request.filter.event_types {
+    for event_type in &filter.event_types {
         validate_event_type(event_type)?;
     }
     Ok(())

@@ -146,7 +146,7 @@ fn write_stream_record(
     Ok(())
 }
 
-fn collect_events(
+pub(crate) fn collect_events(
     statement: &mut rusqlite::CachedStatement<'_>,
     parameters: impl rusqlite::Params,
 ) -> Result<Vec<RecordedEvent>, Error> {
@@ -842,6 +842,24 @@ impl EventBackend for SqliteEventBackend {
         self.engine
             .write("events_import", move |connection| {
                 import_in_job(connection, &tenant, &event)
+            })
+            .await
+    }
+
+    async fn log_tenants(&self) -> Result<Vec<String>, Error> {
+        self.engine
+            .read("events_log_tenants", move |connection| {
+                let mut statement = connection
+                    .prepare_cached("SELECT tenant FROM plinth_events_log_heads ORDER BY tenant")
+                    .map_err(sqlite_failure)?;
+                let rows = statement
+                    .query_map([], |row| row.get::<_, String>(0))
+                    .map_err(sqlite_failure)?;
+                let mut tenants = Vec::new();
+                for row in rows {
+                    tenants.push(row.map_err(sqlite_failure)?);
+                }
+                Ok(tenants)
             })
             .await
     }

@@ -176,6 +176,9 @@ pub(crate) trait EventBackend: Send + Sync {
         tenant: &TenantId,
         event: ImportedEvent,
     ) -> Result<ImportOutcome, Error>;
+
+    /// Every tenant whose log has an event, by id.
+    async fn log_tenants(&self) -> Result<Vec<String>, Error>;
 }
 
 pub(crate) fn open_backend(store: &Store) -> Arc<dyn EventBackend> {

@@ -20,7 +20,9 @@ use crate::middleware::auth::authenticate;
 use crate::middleware::edge::{EdgeLimits, edge};
 use crate::middleware::request_context::REQUEST_ID_HEADER;
 use crate::problem::ApiError;
-use crate::routes::{admin, cache, health, keys, keyspaces, whoami};
+use crate::routes::{
+    admin, cache, event_log, event_subscriptions, health, keys, keyspaces, streams, whoami,
+};
 use crate::state::AppState;
 use plinth_core::config::ServerConfig;
 
@@ -34,6 +36,7 @@ use plinth_core::config::ServerConfig;
         (name = "keys", description = "A tenant's own API keys"),
         (name = "admin", description = "Tenants, any tenant's keys, the audit log"),
         (name = "cache", description = "Keyspaces and their values across L1, Redis and the store"),
+        (name = "events", description = "Event streams, the global log, snapshots and subscriptions"),
     )
 )]
 struct ApiDocument;
@@ -94,6 +97,30 @@ fn authenticated_routes() -> OpenApiRouter<AppState> {
             keyspaces::warm_keyspace,
             keyspaces::get_warming_status
         ))
+        .merge(event_routes())
+        .merge(crate::routes::event_groups::group_routes())
+}
+
+/// The event store's routes.
+fn event_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(
+            streams::append_events,
+            streams::read_stream,
+            streams::delete_stream
+        ))
+        .routes(routes!(
+            streams::get_stream_metadata,
+            streams::put_stream_metadata
+        ))
+        .routes(routes!(streams::put_snapshot, streams::get_snapshot))
+        .routes(routes!(streams::read_from_snapshot))
+        .routes(routes!(event_log::read_log))
+        .routes(routes!(event_subscriptions::subscribe_stream_sse))
+        .routes(routes!(event_subscriptions::subscribe_log_sse))
+        .routes(routes!(event_subscriptions::subscribe_stream_ws))
+        .routes(routes!(event_subscriptions::subscribe_log_ws))
+        .routes(routes!(event_log::start_scavenge, event_log::get_scavenge))
 }
 
 /// The OpenAPI document of every route, as served at `/v1/openapi.json`.
@@ -321,10 +348,14 @@ mod tests {
                 "/health/ready",
                 "/metrics",
                 "/v1/admin/audit",
+                "/v1/admin/events/scavenge",
                 "/v1/admin/tenants",
                 "/v1/admin/tenants/{tenant}",
                 "/v1/admin/tenants/{tenant}/keys",
                 "/v1/admin/tenants/{tenant}/keys/{key_id}",
+                "/v1/all",
+                "/v1/all/subscribe",
+                "/v1/all/subscribe/ws",
                 "/v1/cache/{keyspace}/{key}",
                 "/v1/cache/{keyspace}/{key}/increment",
                 "/v1/keys",
@@ -340,6 +371,19 @@ mod tests {
                 "/v1/keyspaces/{keyspace}/stats",
                 "/v1/keyspaces/{keyspace}/warm",
                 "/v1/openapi.json",
+                "/v1/streams/{stream}",
+                "/v1/streams/{stream}/from-snapshot",
+                "/v1/streams/{stream}/metadata",
+                "/v1/streams/{stream}/snapshot",
+                "/v1/streams/{stream}/subscribe",
+                "/v1/streams/{stream}/subscribe/ws",
+                "/v1/subscriptions",
+                "/v1/subscriptions/{group}",
+                "/v1/subscriptions/{group}/ack",
+                "/v1/subscriptions/{group}/lease",
+                "/v1/subscriptions/{group}/nack",
+                "/v1/subscriptions/{group}/parked",
+                "/v1/subscriptions/{group}/parked/replay",
                 "/v1/whoami",
             ]
         );

@@ -9,6 +9,8 @@
 
 mod app;
 mod audit;
+mod event_subscription;
+mod events_block;
 mod extract;
 mod health_service;
 mod idempotency;

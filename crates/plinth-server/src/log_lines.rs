@@ -237,19 +237,28 @@ struct JsonEscaped<'a>(&'a mut String);
 
 impl std::fmt::Write for JsonEscaped<'_> {
     fn write_str(&mut self, text: &str) -> std::fmt::Result {
-        for character in text.chars() {
-            match character {
-                '"' => self.0.push_str("\\\""),
-                '\\' => self.0.push_str("\\\\"),
-                '\n' => self.0.push_str("\\n"),
-                '\r' => self.0.push_str("\\r"),
-                '\t' => self.0.push_str("\\t"),
-                control if (control as u32) < 0x20 => {
-                    let _ = write!(self.0, "\\u{:04x}", control as u32);
+        // Most text needs no escaping: copy runs of plain characters whole.
+        let mut plain_run_start = 0;
+        for (index, character) in text.char_indices() {
+            let short_escape = match character {
+                '"' => Some("\\\""),
+                '\\' => Some("\\\\"),
+                '\n' => Some("\\n"),
+                '\r' => Some("\\r"),
+                '\t' => Some("\\t"),
+                control if (control as u32) < 0x20 => None,
+                _ => continue,
+            };
+            self.0.push_str(&text[plain_run_start..index]);
+            match short_escape {
+                Some(escape) => self.0.push_str(escape),
+                None => {
+                    let _ = write!(self.0, "\\u{:04x}", character as u32);
                 }
-                other => self.0.push(other),
             }
+            plain_run_start = index + character.len_utf8();
         }
+        self.0.push_str(&text[plain_run_start..]);
         Ok(())
     }
 }

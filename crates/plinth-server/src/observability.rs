@@ -135,8 +135,38 @@ pub const METRICS_DOCUMENTATION: &[(&str, &str, &str, &str)] = &[
     (
         "plinth_cache_lookups_total",
         "counter",
-        "tier, result",
+        "keyspace, tier, result",
         "Cache lookups per tier (l1, redis, sqlite, postgres) and result (hit, miss, error).",
+    ),
+    (
+        "plinth_cache_tier_duration_seconds",
+        "histogram",
+        "keyspace, tier, operation",
+        "Duration of each cache tier call; operation is get, write, copy or invalidate.",
+    ),
+    (
+        "plinth_cache_l1_entries",
+        "gauge",
+        "keyspace",
+        "Entries in this node's L1, deletion markers included.",
+    ),
+    (
+        "plinth_cache_l1_bytes",
+        "gauge",
+        "keyspace",
+        "Bytes of keys, values, content types and tags in this node's L1.",
+    ),
+    (
+        "plinth_cache_l1_evictions_total",
+        "counter",
+        "keyspace",
+        "L1 entries dropped for room, including new entries TinyLFU did not admit.",
+    ),
+    (
+        "plinth_cache_l1_expirations_total",
+        "counter",
+        "keyspace",
+        "L1 entries dropped at their TTL or the keyspace's L1 TTL cap.",
     ),
     (
         "plinth_cache_coherence_up",
@@ -151,6 +181,48 @@ pub const METRICS_DOCUMENTATION: &[(&str, &str, &str, &str)] = &[
         "Cache changes not announced to other nodes because the outgoing queue was full.",
     ),
     (
+        "plinth_events_appended_total",
+        "counter",
+        "",
+        "Events written by appends (retried appends that wrote nothing are not counted).",
+    ),
+    (
+        "plinth_events_subscriptions_active",
+        "gauge",
+        "transport",
+        "Event subscriptions being served right now; transport is sse or websocket.",
+    ),
+    (
+        "plinth_events_subscriptions_ended_total",
+        "counter",
+        "transport, reason",
+        "Event subscriptions the server ended; reason is shutdown, slow_consumer, client_gone or error.",
+    ),
+    (
+        "plinth_events_scavenged_total",
+        "counter",
+        "kind",
+        "What scavenging removed (kind: events or snapshots), published every second while it runs.",
+    ),
+    (
+        "plinth_events_scavenge_batches_total",
+        "counter",
+        "",
+        "Scavenge batches run (one short transaction on one stream each).",
+    ),
+    (
+        "plinth_events_scavenge_running",
+        "gauge",
+        "",
+        "1 while a scavenge runs on this node.",
+    ),
+    (
+        "plinth_events_scavenge_runs_total",
+        "counter",
+        "outcome",
+        "Finished scavenges; outcome is ok or error.",
+    ),
+    (
         "plinth_idempotent_replays_total",
         "counter",
         "",
@@ -161,6 +233,12 @@ pub const METRICS_DOCUMENTATION: &[(&str, &str, &str, &str)] = &[
 const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
+];
+/// Cache tier calls: L1 answers in about a microsecond, Redis and the
+/// stores in tens of microseconds to milliseconds.
+const CACHE_TIER_BUCKETS_SECONDS: &[f64] = &[
+    0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+    0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
 ];
 const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
@@ -178,6 +256,13 @@ pub fn prometheus_handle() -> PrometheusHandle {
                     builder.set_buckets_for_metric(
                         Matcher::Full("plinth_sqlite_write_batch_size".to_string()),
                         BATCH_SIZE_BUCKETS,
+                    )
+                })
+                // A full-name matcher wins over the `_seconds` suffix.
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full("plinth_cache_tier_duration_seconds".to_string()),
+                        CACHE_TIER_BUCKETS_SECONDS,
                     )
                 })
                 .expect("histogram buckets are non-empty constants");

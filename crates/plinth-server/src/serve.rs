@@ -3,7 +3,7 @@
 //! configured cache warmings in the background once it listens), and on
 //! shutdown turns readiness to 503 at once, stops accepting connections,
 //! drains in-flight requests up to `server.shutdown_timeout`, cancels
-//! running warmings, and closes engines.
+//! running warmings, ends event subscriptions, and closes engines.
 
 use std::any::Any;
 use std::net::SocketAddr;
@@ -18,16 +18,18 @@ use plinth_control::{Authenticator, CONTROL_MIGRATIONS, open_control_store};
 use plinth_core::config::{AuthMode, CacheConfig, PlinthConfig};
 use plinth_core::{Error, ResourceName, TenantId};
 use plinth_engines::Engines;
+use plinth_events::{EVENTS_MIGRATIONS, EventStore};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::app::build_router;
 use crate::audit::AuditLog;
+use crate::events_block::EventsBlock;
 use crate::health_service::HealthService;
 use crate::observability::prometheus_handle;
 use crate::problem::ApiError;
-use crate::state::AppState;
+use crate::state::{AppServices, AppState};
 
 const IDEMPOTENCY_PURGE_PERIOD: Duration = Duration::from_secs(600);
 
@@ -56,6 +58,11 @@ pub async fn run_server(
     let control = open_control_store(&engines.store);
     let cache = start_cache_service(&engines, &config.cache).await?;
     let startup_warmings = plan_startup_warmings(&cache, &config.cache).await?;
+    let events = Arc::new(EventsBlock::new(EventStore::new(
+        &engines.store,
+        config.events.clone(),
+    )?));
+    let (shutdown_sender, shutdown_receiver) = watch::channel(false);
     let authenticator = Arc::new(Authenticator::new(Arc::clone(&control), &config.auth)?);
     let health = Arc::new(HealthService::new(
         engines.probes(),
@@ -63,7 +70,7 @@ pub async fn run_server(
         config.health.history,
     ));
     let audit = AuditLog::start(Arc::clone(&control));
-    let state = AppState {
+    let state = AppState::new(AppServices {
         config: Arc::new(config.clone()),
         engines: engines.clone(),
         control: Arc::clone(&control),
@@ -72,7 +79,9 @@ pub async fn run_server(
         audit,
         metrics,
         cache: Arc::clone(&cache),
-    };
+        events,
+        shutdown: shutdown_receiver,
+    });
     spawn_idempotency_purge(Arc::clone(&control));
 
     let listener = TcpListener::bind(config.server.listen)
@@ -97,6 +106,8 @@ pub async fn run_server(
     let graceful_signal = async move {
         shutdown.await;
         health_for_shutdown.begin_shutdown();
+        // Subscriptions would otherwise hold the drain open until its timeout.
+        shutdown_sender.send_replace(true);
         tracing::info!("shutdown requested: readiness is now 503, draining in-flight requests");
         let _ = drain_started_sender.send(());
     };
@@ -195,6 +206,7 @@ fn spawn_startup_warmings(cache: Arc<CacheService>, warmings: Vec<StartupWarming
 pub fn all_migration_sets() -> Vec<&'static plinth_engines::MigrationSet> {
     let mut sets: Vec<&'static plinth_engines::MigrationSet> = vec![&CONTROL_MIGRATIONS];
     sets.extend(CACHE_MIGRATION_SETS.iter().copied());
+    sets.push(&EVENTS_MIGRATIONS);
     sets
 }
 

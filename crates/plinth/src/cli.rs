@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::bench::BenchArguments;
 use crate::cache_load::CacheLoadArguments;
 use crate::config_loader::ConfigSources;
+use crate::events_cli::EventsArguments;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,6 +49,8 @@ pub enum Command {
     Bench(BenchArguments),
     /// Work with a running node's cache, as a client.
     Cache(CacheArguments),
+    /// Verify, export, import and replay the configured event store.
+    Events(EventsArguments),
 }
 
 #[derive(Debug, Args)]

@@ -894,3 +894,126 @@ async fn bulk_put_with_one_oversized_item_writes_nothing() {
     );
     assert!(list_keys(&api, "small", 50).await.is_empty());
 }
+
+/// A keyspace declared in the configuration gets its own `keyspace` label;
+/// one a tenant created at run time is counted under `other`.
+const DECLARED_KEYSPACE_CONFIG: &str = r#"
+[[cache.keyspaces]]
+tenant = "default"
+name = "profiles"
+
+[cache.keyspaces.config]
+store = "store"
+"#;
+
+/// The value of the first `/metrics` sample whose line starts with `prefix`
+/// (metric name and labels, in the order Plinth writes them).
+fn sample_value(metrics_text: &str, prefix: &str) -> Option<f64> {
+    metrics_text
+        .lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test]
+async fn per_keyspace_stats_and_bounded_prometheus_series_after_cache_traffic() {
+    let directory = tempfile::tempdir().expect("create a temporary directory");
+    let config_path = directory.path().join("plinth.toml");
+    std::fs::write(&config_path, DECLARED_KEYSPACE_CONFIG).expect("write plinth.toml");
+    let options = NodeOptions::dev()
+        .argument("--config")
+        .argument(config_path.to_str().expect("a UTF-8 path"));
+    let node = Node::start_in(directory, options).await;
+    let api = node.anonymous();
+    for keyspace in ["profiles", "tenant-made"] {
+        store_text(&api, keyspace, "a", "alpha").await;
+        store_text(&api, keyspace, "b", "beta").await;
+        for _ in 0..3 {
+            assert_eq!(
+                api.get(&format!("/v1/cache/{keyspace}/a")).await.status,
+                200
+            );
+        }
+        assert_eq!(
+            api.get(&format!("/v1/cache/{keyspace}/none")).await.status,
+            404
+        );
+    }
+
+    let stats = api.get("/v1/keyspaces/profiles/stats").await.json();
+    let latency = stats["latency"].as_array().expect("latency");
+    let l1_get = latency
+        .iter()
+        .find(|entry| entry["tier"] == "l1" && entry["operation"] == "get")
+        .unwrap_or_else(|| panic!("no l1 get latency: {stats}"));
+    assert_eq!(l1_get["calls"], 4, "{stats}");
+    assert!(
+        l1_get["p99_us"].as_f64() >= l1_get["p50_us"].as_f64(),
+        "{stats}"
+    );
+    let sqlite_write = latency
+        .iter()
+        .find(|entry| entry["tier"] == "sqlite" && entry["operation"] == "write")
+        .unwrap_or_else(|| panic!("no sqlite write latency: {stats}"));
+    assert_eq!(sqlite_write["calls"], 2, "{stats}");
+    // "a" and "b": keys, values and the content type "text/plain".
+    let expected_bytes = (1 + 5 + 10) + (1 + 4 + 10);
+    assert_eq!(stats["l1"]["entries"], 2, "{stats}");
+    assert_eq!(stats["l1"]["bytes"], expected_bytes, "{stats}");
+    assert!(
+        stats["l1"]["weighted_bytes"].as_u64() > Some(expected_bytes),
+        "{stats}"
+    );
+    assert_eq!(stats["l1"]["evictions"], 0, "{stats}");
+
+    let metrics = node.anonymous().get("/metrics").await.text();
+    for (keyspace_label, expected_l1_bytes) in [
+        ("default/profiles", expected_bytes),
+        ("other", expected_bytes),
+    ] {
+        let labels = format!("{{keyspace=\"{keyspace_label}\"");
+        assert_eq!(
+            sample_value(&metrics, &format!("plinth_cache_l1_entries{labels}")),
+            Some(2.0),
+            "{metrics}"
+        );
+        assert_eq!(
+            sample_value(&metrics, &format!("plinth_cache_l1_bytes{labels}")),
+            Some(expected_l1_bytes as f64),
+            "{metrics}"
+        );
+        assert_eq!(
+            sample_value(
+                &metrics,
+                &format!("plinth_cache_lookups_total{labels},tier=\"l1\",result=\"hit\"}}")
+            ),
+            Some(3.0),
+            "{metrics}"
+        );
+        assert_eq!(
+            sample_value(
+                &metrics,
+                &format!(
+                    "plinth_cache_tier_duration_seconds_count{labels},tier=\"l1\",operation=\"get\"}}"
+                )
+            ),
+            Some(4.0),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(&format!(
+                "plinth_cache_tier_duration_seconds_bucket{labels},tier=\"sqlite\",operation=\"write\",le=\"0.000001\"}}"
+            )),
+            "{metrics}"
+        );
+    }
+    assert!(
+        !metrics.contains("tenant-made"),
+        "a keyspace created at run time must not become a label value: {metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE plinth_cache_l1_evictions_total counter"),
+        "{metrics}"
+    );
+}

@@ -19,6 +19,7 @@ use tracing::{Instrument, Span};
 
 use crate::middleware::body_limit::refuse_oversized_body;
 use crate::middleware::request_context::{REQUEST_ID_HEADER, RequestContext, with_current_request};
+use crate::middleware::request_metrics::record_request;
 use crate::middleware::security_headers::add_security_headers;
 use crate::middleware::timeout::run_with_timeout;
 
@@ -97,13 +98,7 @@ impl Drop for InFlightRequest {
 
 fn record_request_served(status: StatusCode, elapsed: Duration) {
     with_current_request(|request| {
-        let method = request.method.as_str().to_string();
-        let route = request.route_template().to_string();
-        let status_label = status.as_str().to_string();
-        metrics::counter!("plinth_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status_label.clone())
-            .increment(1);
-        metrics::histogram!("plinth_http_request_duration_seconds", "method" => method, "route" => route, "status" => status_label)
-            .record(elapsed.as_secs_f64());
+        record_request(&request.method, request.route_template(), status, elapsed);
     });
     tracing::info!(
         status = status.as_u16(),

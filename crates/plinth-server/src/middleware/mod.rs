@@ -5,5 +5,6 @@ pub mod auth;
 pub mod body_limit;
 pub mod edge;
 pub mod request_context;
+pub mod request_metrics;
 pub mod security_headers;
 pub mod timeout;

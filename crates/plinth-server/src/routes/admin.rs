@@ -52,7 +52,7 @@ impl From<TenantRecord> for TenantView {
     }
 }
 
-fn require_admin(principal: &Principal) -> Result<(), Error> {
+pub fn require_admin(principal: &Principal) -> Result<(), Error> {
     if principal.scopes.is_admin() {
         return Ok(());
     }

@@ -13,7 +13,7 @@ use plinth_cache::catalog::KeyspaceRecord;
 use plinth_cache::model::etag_of;
 use plinth_cache::pattern::validate_pattern;
 use plinth_cache::service::{CacheWrite, Consistency};
-use plinth_cache::stats::TierStats;
+use plinth_cache::stats::{TierLatencyStats, TierStats};
 use plinth_cache::warming::{WarmPlan, WarmStatus, start_warming, warming_status};
 use plinth_cache::{CacheKey, Selector, WriteCondition};
 use plinth_core::config::{KeyspaceConfig, WarmSpec};
@@ -278,9 +278,44 @@ pub struct KeyspaceStats {
     pub version: u64,
     /// Lookups per tier since this node started.
     pub tiers: Vec<TierStatsView>,
-    /// This node's L1: entries, bytes, evictions, expirations.
+    /// Duration of this node's calls to each tier, per operation, since it
+    /// started.
+    pub latency: Vec<TierLatencyView>,
+    /// This node's L1: entries, bytes (exact), weighted_bytes (what counts
+    /// against max_bytes), evictions, expirations.
     #[schema(value_type = Object)]
     pub l1: plinth_cache::l1::L1Usage,
+}
+
+/// Percentiles are the upper bound of a histogram bucket: at most a third
+/// above the true value.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TierLatencyView {
+    pub tier: String,
+    /// `get`, `write` (conditional put, delete or increment at the
+    /// authoritative tier), `copy` (into a faster tier) or `invalidate`.
+    pub operation: String,
+    pub calls: u64,
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+}
+
+impl From<TierLatencyStats> for TierLatencyView {
+    fn from(stats: TierLatencyStats) -> Self {
+        TierLatencyView {
+            tier: stats.tier.to_string(),
+            operation: stats.operation.to_string(),
+            calls: stats.summary.calls,
+            mean_us: stats.summary.mean_us,
+            p50_us: stats.summary.p50_us,
+            p99_us: stats.summary.p99_us,
+            p999_us: stats.summary.p999_us,
+            max_us: stats.summary.max_us,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -304,7 +339,8 @@ impl From<TierStats> for TierStatsView {
     }
 }
 
-/// Hits, misses and hit ratio per tier, and this node's L1 usage.
+/// Hits, misses and hit ratio per tier, tier call latency, and this node's
+/// L1 usage.
 #[utoipa::path(
     get, path = "/v1/keyspaces/{keyspace}/stats", tag = "cache", security(("bearer" = [])),
     params(("keyspace" = String, Path, description = "Keyspace name")),
@@ -318,14 +354,22 @@ pub async fn keyspace_stats(
     let keyspace = parse_keyspace(&keyspace)?;
     principal.require("cache", "read", Some(keyspace.as_str()))?;
     let record = state.cache.keyspace(&principal.tenant, &keyspace).await?;
-    let mut tiers = Vec::new();
-    for stats in state.cache.stats().snapshot(&principal.tenant, &keyspace) {
-        tiers.push(TierStatsView::from(stats));
-    }
+    let keyspace_stats = state.cache.stats().keyspace(&principal.tenant, &keyspace);
+    let tiers = keyspace_stats
+        .lookups()
+        .into_iter()
+        .map(TierStatsView::from)
+        .collect();
+    let latency = keyspace_stats
+        .latencies()
+        .into_iter()
+        .map(TierLatencyView::from)
+        .collect();
     Ok(Json(KeyspaceStats {
         keyspace: keyspace.to_string(),
         version: record.version,
         tiers,
+        latency,
         l1: state.cache.l1().usage(&principal.tenant, &keyspace),
     }))
 }

@@ -13,19 +13,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use clap::Args;
+use http::Method;
 use plinth_core::HumanDuration;
 use plinth_core::config::PlinthConfig;
 
 use crate::bench::bare_server::BARE_PATH;
 use crate::bench::client::{Endpoint, resolve_url};
-use crate::bench::load::{LoadShape, LoadTarget, TargetMeasurement, check_target_answers, measure};
+use crate::bench::load::{
+    KeyChoice, LoadShape, LoadTarget, TargetMeasurement, check_target_answers, measure,
+};
 use crate::bench::local_targets::LocalTargets;
 use crate::bench::provision::{bearer, create_bench_api_key};
 use crate::bench::report::{BenchRun, print_report};
 
 const HEALTH_PATH: &str = "/health/live";
 const WHOAMI_PATH: &str = "/v1/whoami";
+/// The narrowest real scope: `whoami` needs none, but a key must carry one.
+const WHOAMI_KEY_SCOPE: &str = "keys:read";
 /// The unloaded pass: one connection, one request in flight.
 const LATENCY_CONNECTIONS: usize = 1;
 
@@ -81,15 +87,21 @@ impl BenchTargets {
             bare: bare.map(Arc::new),
             health: Arc::new(LoadTarget {
                 name: "health",
+                method: Method::GET,
                 endpoint: plinth.endpoint.clone(),
                 path: HEALTH_PATH.to_string(),
+                keys: KeyChoice::NoKey,
+                body: Bytes::new(),
                 authorization: None,
                 server_process_id: plinth.process_id,
             }),
             whoami: Arc::new(LoadTarget {
                 name: "whoami",
+                method: Method::GET,
                 endpoint: plinth.endpoint.clone(),
                 path: WHOAMI_PATH.to_string(),
+                keys: KeyChoice::NoKey,
+                body: Bytes::new(),
                 authorization: Some(bearer(api_key)?),
                 server_process_id: plinth.process_id,
             }),
@@ -161,23 +173,27 @@ async fn measure_local_children(
     let mut local_targets = LocalTargets::start(plinth_log_level).await?;
     eprintln!(
         "started plinth serve on {} (log level `{plinth_log_level}`, JSON logs to a file) and the bare axum server on {}",
-        local_targets.plinth_endpoint.socket_address, local_targets.bare_endpoint.socket_address
+        local_targets.plinth.endpoint.socket_address, local_targets.bare_endpoint.socket_address
     );
     let api_key = create_bench_api_key(
-        &local_targets.plinth_endpoint,
-        &local_targets.bootstrap_admin_key,
+        &local_targets.plinth.endpoint,
+        &local_targets.plinth.bootstrap_admin_key,
+        &[WHOAMI_KEY_SCOPE],
     )
     .await?;
     let bare = LoadTarget {
         name: "bare",
+        method: Method::GET,
         endpoint: local_targets.bare_endpoint.clone(),
         path: BARE_PATH.to_string(),
+        keys: KeyChoice::NoKey,
+        body: Bytes::new(),
         authorization: None,
         server_process_id: local_targets.bare_process_id(),
     };
     let plinth = PlinthNode {
-        endpoint: local_targets.plinth_endpoint.clone(),
-        process_id: local_targets.plinth_process_id(),
+        endpoint: local_targets.plinth.endpoint.clone(),
+        process_id: local_targets.plinth.process_id(),
     };
     let targets = BenchTargets::for_plinth(&plinth, &api_key, Some(bare))?;
     let measurements =
@@ -185,7 +201,7 @@ async fn measure_local_children(
     local_targets.ensure_both_running()?;
     let plinth_log = PlinthLog {
         level: plinth_log_level.to_string(),
-        bytes_written: local_targets.plinth_log_bytes(),
+        bytes_written: local_targets.plinth.log_bytes(),
     };
     local_targets.stop().await?;
     Ok((measurements, Some(plinth_log)))
@@ -209,8 +225,11 @@ async fn measure_running_node(
             let resolved = resolve_url(bare_url).await?;
             Some(LoadTarget {
                 name: "bare",
+                method: Method::GET,
                 endpoint: resolved.endpoint,
                 path: resolved.path.to_string(),
+                keys: KeyChoice::NoKey,
+                body: Bytes::new(),
                 authorization: None,
                 server_process_id: None,
             })

@@ -2,6 +2,10 @@
 //! keep-alive connection and sending requests back to back (closed loop),
 //! for a warm-up and then a measured window. Latencies of answered 2xx
 //! requests go to an HDR histogram in microseconds.
+//!
+//! A target is one method and path with a fixed body, or a path prefix to
+//! which each request appends a key drawn from a set (uniformly, or with a
+//! hot subset that gets most of the requests).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,16 +39,109 @@ pub struct LoadTarget {
     /// Short, stable name used in the table and the JSON summary.
     pub name: &'static str,
     pub endpoint: Endpoint,
+    pub method: Method,
+    /// The whole path, or with `keys` the prefix each chosen key follows.
     pub path: String,
+    pub keys: KeyChoice,
+    /// Sent with every request (cloning `Bytes` shares it).
+    pub body: Bytes,
     pub authorization: Option<HeaderValue>,
     /// The server's process, when the benchmark started it, to report the
     /// server's CPU time per request.
     pub server_process_id: Option<u32>,
 }
 
+/// Which key each request names, appended to the target's path. Keys are
+/// `KEY_PREFIX` and a zero-padded number below `count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyChoice {
+    /// No key: the path is used as it is.
+    NoKey,
+    /// Every key equally often.
+    Uniform { count: u64 },
+    /// `hot_request_percent` of the requests go to the first `hot_count`
+    /// keys, the rest to the others, uniformly within each group.
+    HotSet {
+        count: u64,
+        hot_count: u64,
+        hot_request_percent: u64,
+    },
+}
+
+const KEY_PREFIX: &str = "k";
+
+/// The name of key number `index` of a key set.
+pub fn key_name(index: u64) -> String {
+    format!("{KEY_PREFIX}{index:07}")
+}
+
+impl KeyChoice {
+    fn pick(self, random: &mut WorkerRandom) -> Option<u64> {
+        match self {
+            KeyChoice::NoKey => None,
+            KeyChoice::Uniform { count } => Some(random.below(count)),
+            KeyChoice::HotSet {
+                count,
+                hot_count,
+                hot_request_percent,
+            } => {
+                if random.below(100) < hot_request_percent {
+                    Some(random.below(hot_count))
+                } else {
+                    Some(hot_count + random.below(count - hot_count))
+                }
+            }
+        }
+    }
+}
+
+/// xorshift64*: statistically good enough to spread keys, one per worker so
+/// that choosing a key takes no lock and no syscall.
+pub struct WorkerRandom {
+    state: u64,
+}
+
+impl WorkerRandom {
+    pub fn seeded(seed: u64) -> WorkerRandom {
+        // Zero is xorshift's fixed point; the odd constant keeps it away.
+        WorkerRandom {
+            state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        self.state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform below `bound` (bias under 2^-40 for the bounds used here).
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound.max(1)
+    }
+}
+
 impl LoadTarget {
-    fn request(&self) -> anyhow::Result<Request<Full<Bytes>>> {
-        let mut request = build_request(Method::GET, &self.endpoint, &self.path, Bytes::new())?;
+    /// The path as the table shows it: `{key}` stands for the chosen key.
+    pub fn shown_path(&self) -> String {
+        match self.keys {
+            KeyChoice::NoKey => self.path.clone(),
+            KeyChoice::Uniform { .. } | KeyChoice::HotSet { .. } => format!("{}{{key}}", self.path),
+        }
+    }
+
+    fn request(&self, random: &mut WorkerRandom) -> anyhow::Result<Request<Full<Bytes>>> {
+        let path = match self.keys.pick(random) {
+            None => std::borrow::Cow::Borrowed(self.path.as_str()),
+            Some(index) => std::borrow::Cow::Owned(format!("{}{}", self.path, key_name(index))),
+        };
+        let mut request = build_request(
+            self.method.clone(),
+            &self.endpoint,
+            &path,
+            self.body.clone(),
+        )?;
         if let Some(authorization) = &self.authorization {
             request
                 .headers_mut()
@@ -191,9 +288,10 @@ const QUOTED_ANSWER_CHARACTERS: usize = 300;
 /// Sends one request to `target` and fails unless it answers 2xx, so a
 /// wrong key or path is reported at once instead of as a table of errors.
 pub async fn check_target_answers(target: &LoadTarget) -> anyhow::Result<()> {
-    let (status, body) = send_once(&target.endpoint, target.request()?)
+    let request = target.request(&mut WorkerRandom::seeded(0))?;
+    let (status, body) = send_once(&target.endpoint, request)
         .await
-        .with_context(|| format!("{} {} did not answer", target.name, target.path))?;
+        .with_context(|| format!("{} {} did not answer", target.name, target.shown_path()))?;
     if status.is_success() {
         return Ok(());
     }
@@ -204,7 +302,7 @@ pub async fn check_target_answers(target: &LoadTarget) -> anyhow::Result<()> {
     anyhow::bail!(
         "{} {} answered {status} before the benchmark: {answer}",
         target.name,
-        target.path
+        target.shown_path()
     )
 }
 
@@ -222,8 +320,9 @@ pub async fn measure(
     };
     let cpu_sampler = tokio::spawn(cpu_during(window, target.server_process_id));
     let mut workers = JoinSet::new();
-    for _ in 0..shape.connections {
-        workers.spawn(run_worker(Arc::clone(&target), window));
+    for worker_index in 0..shape.connections {
+        let random = WorkerRandom::seeded(worker_index as u64 + 1);
+        workers.spawn(run_worker(Arc::clone(&target), window, random));
     }
     let mut total = WorkerTally::new()?;
     while let Some(joined) = workers.join_next().await {
@@ -233,7 +332,7 @@ pub async fn measure(
     let cpu_during_window = cpu_sampler.await.context("the CPU sampler panicked")?;
     Ok(TargetMeasurement {
         target_name: target.name,
-        path: target.path.clone(),
+        path: target.shown_path(),
         connections: shape.connections,
         measured_for: shape.duration,
         successful_requests: total.successful_requests,
@@ -246,6 +345,7 @@ pub async fn measure(
 async fn run_worker(
     target: Arc<LoadTarget>,
     window: MeasurementWindow,
+    mut random: WorkerRandom,
 ) -> anyhow::Result<WorkerTally> {
     let mut tally = WorkerTally::new()?;
     let mut connection: Option<BenchConnection> = None;
@@ -262,7 +362,7 @@ async fn run_worker(
             }
             continue;
         };
-        let request = target.request()?;
+        let request = target.request(&mut random)?;
         let outcome =
             tokio::time::timeout_at(window.abandon_at, open_connection.send(request)).await;
         let latency = request_started.elapsed();
@@ -294,5 +394,39 @@ async fn connect_or_pause(
             tokio::time::sleep(RECONNECT_PAUSE).await;
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hot_set_gets_its_share_of_the_requests() {
+        let choice = KeyChoice::HotSet {
+            count: 1000,
+            hot_count: 200,
+            hot_request_percent: 80,
+        };
+        let mut random = WorkerRandom::seeded(7);
+        let mut hot_requests = 0;
+        let mut cold_keys_seen = std::collections::HashSet::new();
+        for _ in 0..100_000 {
+            let index = choice.pick(&mut random).unwrap();
+            assert!(index < 1000);
+            if index < 200 {
+                hot_requests += 1;
+            } else {
+                cold_keys_seen.insert(index);
+            }
+        }
+        assert!((79_000..81_000).contains(&hot_requests), "{hot_requests}");
+        assert_eq!(cold_keys_seen.len(), 800);
+    }
+
+    #[test]
+    fn key_names_are_valid_cache_keys_in_index_order() {
+        assert_eq!(key_name(42), "k0000042");
+        assert!(key_name(9) < key_name(10));
     }
 }

@@ -3,17 +3,21 @@
 //! baseline measured in the same run. One subcommand per block.
 
 mod bare_server;
+mod cache_bench;
+mod cache_report;
 mod client;
 mod http_bench;
 mod load;
 mod local_targets;
 mod process_cpu;
 mod provision;
+mod redis_baseline;
 mod report;
 
 use clap::{Args, Subcommand};
 use plinth_core::config::PlinthConfig;
 
+pub use cache_bench::CacheBenchArguments;
 pub use http_bench::HttpBenchArguments;
 
 #[derive(Debug, Args)]
@@ -33,6 +37,16 @@ pub enum BenchCommand {
     /// the bare handler as child processes on loopback, and kills them at
     /// the end. Children ignore `plinth.toml` and `PLINTH_...` variables.
     Http(HttpBenchArguments),
+    /// Drive the cache over HTTP (GETs answered by L1, GETs answered by
+    /// Redis, PUTs, an 80/20 hot-key workload; 256-byte values) and compare
+    /// with `redis-benchmark` GET and SET on the same machine.
+    ///
+    /// Starts redis-server on a free loopback port (unless `--redis-url`)
+    /// and `plinth serve` with that Redis as L2 (enforced auth, fresh data
+    /// dir, logs at `--log-level`, default info, to a temporary file), and
+    /// kills both at the end. Without redis-server it says so and measures
+    /// what needs no Redis.
+    Cache(CacheBenchArguments),
     /// Serve one small JSON handler without any middleware on `--listen`:
     /// the baseline `bench http` starts as a child process.
     #[command(hide = true)]
@@ -42,6 +56,7 @@ pub enum BenchCommand {
 pub async fn run(config: PlinthConfig, arguments: BenchArguments) -> anyhow::Result<()> {
     match arguments.command {
         BenchCommand::Http(http_arguments) => http_bench::run(&config, http_arguments).await,
+        BenchCommand::Cache(cache_arguments) => cache_bench::run(&config, cache_arguments).await,
         BenchCommand::BareServer => bare_server::serve(config.server.listen).await,
     }
 }

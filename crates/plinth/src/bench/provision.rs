@@ -1,4 +1,4 @@
-//! Prepares a freshly started node for `bench http` through its admin API,
+//! Prepares a freshly started node for a benchmark through its admin API,
 //! as an operator would: a `bench` tenant and an API key for it.
 
 use anyhow::Context;
@@ -10,13 +10,12 @@ use serde_json::{Value, json};
 use crate::bench::client::{Endpoint, build_request, send_once};
 
 const BENCH_TENANT: &str = "bench";
-/// The narrowest real scope: `whoami` needs none, but a key must carry one.
-const BENCH_KEY_SCOPE: &str = "keys:read";
 
-/// Creates the tenant and a key, and returns the key's secret.
+/// Creates the tenant and a key with `scopes`, and returns the key's secret.
 pub async fn create_bench_api_key(
     plinth_endpoint: &Endpoint,
     bootstrap_admin_key: &str,
+    scopes: &[&str],
 ) -> anyhow::Result<String> {
     post_as_admin(
         plinth_endpoint,
@@ -30,7 +29,7 @@ pub async fn create_bench_api_key(
         plinth_endpoint,
         bootstrap_admin_key,
         &format!("/v1/admin/tenants/{BENCH_TENANT}/keys"),
-        &json!({ "name": "bench", "scopes": [BENCH_KEY_SCOPE] }),
+        &json!({ "name": "bench", "scopes": scopes }),
     )
     .await
     .context("creating the bench API key")?;

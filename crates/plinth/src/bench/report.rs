@@ -116,7 +116,8 @@ pub fn print_report(run: &BenchRun, as_json: bool) -> anyhow::Result<()> {
     if as_json {
         return print_json(run, comparisons);
     }
-    print_table(run);
+    let rows: Vec<&TargetMeasurement> = run.measurements.iter().collect();
+    print_measurement_table(&rows);
     print_comparisons(&comparisons, run);
     if let Some(plinth_log) = &run.plinth_log {
         println!(
@@ -192,7 +193,8 @@ fn print_json(run: &BenchRun, comparisons: Vec<Comparison>) -> anyhow::Result<()
     Ok(())
 }
 
-fn print_table(run: &BenchRun) {
+/// One row per measurement; `bench cache` prints its rows with it too.
+pub fn print_measurement_table(measurements: &[&TargetMeasurement]) {
     println!(
         "{:<8} {:<14} {:>5} {:>10} {:>7} {:>10} {:>8} {:>8} {:>8} {:>14} {:>14}",
         "target",
@@ -207,7 +209,7 @@ fn print_table(run: &BenchRun) {
         "srv cpu µs/req",
         "gen cpu µs/req"
     );
-    for measurement in &run.measurements {
+    for measurement in measurements {
         let summary = MeasurementSummary::of(measurement);
         println!(
             "{:<8} {:<14} {:>5} {:>10} {:>7} {:>10.0} {:>8} {:>8} {:>8} {:>14} {:>14}",
