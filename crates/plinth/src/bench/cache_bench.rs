@@ -506,6 +506,7 @@ impl SetupClient {
             keys,
             body,
             authorization: Some(self.authorization.clone()),
+            content_type: None,
             server_process_id,
         }
     }

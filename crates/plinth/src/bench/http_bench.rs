@@ -93,6 +93,7 @@ impl BenchTargets {
                 keys: KeyChoice::NoKey,
                 body: Bytes::new(),
                 authorization: None,
+                content_type: None,
                 server_process_id: plinth.process_id,
             }),
             whoami: Arc::new(LoadTarget {
@@ -103,6 +104,7 @@ impl BenchTargets {
                 keys: KeyChoice::NoKey,
                 body: Bytes::new(),
                 authorization: Some(bearer(api_key)?),
+                content_type: None,
                 server_process_id: plinth.process_id,
             }),
         })
@@ -189,6 +191,7 @@ async fn measure_local_children(
         keys: KeyChoice::NoKey,
         body: Bytes::new(),
         authorization: None,
+        content_type: None,
         server_process_id: local_targets.bare_process_id(),
     };
     let plinth = PlinthNode {
@@ -231,6 +234,7 @@ async fn measure_running_node(
                 keys: KeyChoice::NoKey,
                 body: Bytes::new(),
                 authorization: None,
+                content_type: None,
                 server_process_id: None,
             })
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http::header::AUTHORIZATION;
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request};
 use http_body_util::Full;
 use tokio::task::JoinSet;
@@ -46,6 +46,8 @@ pub struct LoadTarget {
     /// Sent with every request (cloning `Bytes` shares it).
     pub body: Bytes,
     pub authorization: Option<HeaderValue>,
+    /// Sent with every request; JSON endpoints refuse a body without it.
+    pub content_type: Option<HeaderValue>,
     /// The server's process, when the benchmark started it, to report the
     /// server's CPU time per request.
     pub server_process_id: Option<u32>,
@@ -146,6 +148,11 @@ impl LoadTarget {
             request
                 .headers_mut()
                 .insert(AUTHORIZATION, authorization.clone());
+        }
+        if let Some(content_type) = &self.content_type {
+            request
+                .headers_mut()
+                .insert(CONTENT_TYPE, content_type.clone());
         }
         Ok(request)
     }

@@ -6,11 +6,13 @@ mod bare_server;
 mod cache_bench;
 mod cache_report;
 mod client;
+mod events_bench;
 mod http_bench;
 mod load;
 mod local_targets;
 mod process_cpu;
 mod provision;
+mod raw_postgres;
 mod redis_baseline;
 mod report;
 
@@ -18,6 +20,7 @@ use clap::{Args, Subcommand};
 use plinth_core::config::PlinthConfig;
 
 pub use cache_bench::CacheBenchArguments;
+pub use events_bench::EventsBenchArguments;
 pub use http_bench::HttpBenchArguments;
 
 #[derive(Debug, Args)]
@@ -47,6 +50,15 @@ pub enum BenchCommand {
     /// kills both at the end. Without redis-server it says so and measures
     /// what needs no Redis.
     Cache(CacheBenchArguments),
+    /// Drive the event store over HTTP (appends of 1 and 100 events at 1,
+    /// 16 and 64 connections, paged stream reads, SSE append-to-delivery
+    /// latency) on SQLite and, with `--postgres-url`, on PostgreSQL next
+    /// to raw INSERTs into it.
+    ///
+    /// Starts one `plinth serve` child per store (enforced auth, fresh
+    /// data dir, logs at `--log-level`, default info, to a temporary file)
+    /// and kills it at the end.
+    Events(EventsBenchArguments),
     /// Serve one small JSON handler without any middleware on `--listen`:
     /// the baseline `bench http` starts as a child process.
     #[command(hide = true)]
@@ -57,6 +69,9 @@ pub async fn run(config: PlinthConfig, arguments: BenchArguments) -> anyhow::Res
     match arguments.command {
         BenchCommand::Http(http_arguments) => http_bench::run(&config, http_arguments).await,
         BenchCommand::Cache(cache_arguments) => cache_bench::run(&config, cache_arguments).await,
+        BenchCommand::Events(events_arguments) => {
+            events_bench::run(&config, events_arguments).await
+        }
         BenchCommand::BareServer => bare_server::serve(config.server.listen).await,
     }
 }

@@ -302,7 +302,7 @@ fn print_server_cpu_ratio(comparison: &Comparison) {
     );
 }
 
-fn pass_or_fail(passes: bool) -> &'static str {
+pub fn pass_or_fail(passes: bool) -> &'static str {
     if passes { "PASS" } else { "FAIL" }
 }
 
