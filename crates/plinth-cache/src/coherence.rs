@@ -100,8 +100,10 @@ impl Coherence {
             Arc::clone(&connected),
             Arc::clone(&l1),
         ));
-        tokio::spawn(run_subscriber(redis, l1, catalog, node_id, connected));
+        // Before the subscriber starts: once subscribed it sets the gauge
+        // to 1, which a later 0 from here would overwrite.
         metrics::gauge!("plinth_cache_coherence_up").set(0.0);
+        tokio::spawn(run_subscriber(redis, l1, catalog, node_id, connected));
         coherence
     }
 
