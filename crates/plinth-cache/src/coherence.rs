@@ -6,10 +6,12 @@
 //! fill already in flight cannot bring the old value back) or reloads the
 //! keyspace's catalog record.
 //!
-//! When the channel is down (Redis unreachable, the subscription dropped, or
-//! the outgoing queue full) a node cannot know what it missed, so it empties
-//! its L1 and caps the lifetime of new L1 copies at `fallback_ttl` until the
-//! channel is back, when it empties L1 once more. Staleness is then bounded
+//! When the channel is down (Redis unreachable, the subscription dropped, a
+//! publish failed, or the outgoing queue full) a node cannot know what it
+//! missed, so it empties its L1 and caps the lifetime of new L1 copies at
+//! `fallback_ttl` until the channel is back: the subscriber subscribes
+//! afresh (a failed publish or a full queue makes it drop a subscription
+//! that still looks healthy) and empties L1 once more. Staleness is then bounded
 //! by `fallback_ttl` plus the time to notice the drop (immediate when the
 //! connection closes, at most the Redis call timeout otherwise).
 
@@ -22,7 +24,7 @@ use plinth_core::resilience::RetryPolicy;
 use plinth_core::{HumanDuration, ResourceName, TenantId};
 use plinth_engines::RedisEngine;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::catalog::KeyspaceCatalog;
 use crate::l1::L1Tier;
@@ -72,6 +74,8 @@ pub struct CoherenceMessage {
 pub struct Coherence {
     node_id: u64,
     connected: Arc<AtomicBool>,
+    /// Tells the subscriber to drop its subscription and subscribe afresh.
+    resubscribe: Arc<Notify>,
     fallback_ttl: Duration,
     outgoing: mpsc::Sender<CoherenceMessage>,
 }
@@ -87,10 +91,12 @@ impl Coherence {
     ) -> Arc<Self> {
         let node_id = rand::random::<u64>();
         let connected = Arc::new(AtomicBool::new(false));
+        let resubscribe = Arc::new(Notify::new());
         let (outgoing, outgoing_queue) = mpsc::channel(OUTGOING_QUEUE_CAPACITY);
         let coherence = Arc::new(Coherence {
             node_id,
             connected: Arc::clone(&connected),
+            resubscribe: Arc::clone(&resubscribe),
             fallback_ttl,
             outgoing,
         });
@@ -98,12 +104,20 @@ impl Coherence {
             Arc::clone(&redis),
             outgoing_queue,
             Arc::clone(&connected),
+            Arc::clone(&resubscribe),
             Arc::clone(&l1),
         ));
         // Before the subscriber starts: once subscribed it sets the gauge
         // to 1, which a later 0 from here would overwrite.
         metrics::gauge!("plinth_cache_coherence_up").set(0.0);
-        tokio::spawn(run_subscriber(redis, l1, catalog, node_id, connected));
+        tokio::spawn(run_subscriber(
+            redis,
+            l1,
+            catalog,
+            node_id,
+            connected,
+            resubscribe,
+        ));
         coherence
     }
 
@@ -132,6 +146,7 @@ impl Coherence {
         if self.outgoing.try_send(message).is_err() {
             metrics::counter!("plinth_cache_coherence_dropped_total").increment(1);
             self.connected.store(false, Ordering::SeqCst);
+            self.resubscribe.notify_one();
         }
     }
 }
@@ -140,6 +155,7 @@ async fn run_publisher(
     redis: Arc<RedisEngine>,
     mut queue: mpsc::Receiver<CoherenceMessage>,
     connected: Arc<AtomicBool>,
+    resubscribe: Arc<Notify>,
     l1: Arc<L1Tier>,
 ) {
     while let Some(message) = queue.recv().await {
@@ -166,6 +182,7 @@ async fn run_publisher(
             );
             metrics::gauge!("plinth_cache_coherence_up").set(0.0);
             l1.clear_all();
+            resubscribe.notify_one();
         }
     }
 }
@@ -176,6 +193,7 @@ async fn run_subscriber(
     catalog: Arc<KeyspaceCatalog>,
     node_id: u64,
     connected: Arc<AtomicBool>,
+    resubscribe: Arc<Notify>,
 ) {
     let backoff = RetryPolicy {
         max_attempts: u32::MAX,
@@ -185,7 +203,7 @@ async fn run_subscriber(
     };
     let mut failed_attempts = 0u32;
     loop {
-        match subscribe_and_serve(&redis, &l1, &catalog, node_id, &connected).await {
+        match subscribe_and_serve(&redis, &l1, &catalog, node_id, &connected, &resubscribe).await {
             Ok(()) => failed_attempts = 0,
             Err(reason) => {
                 tracing::debug!(reason, "cache coherence subscription unavailable");
@@ -202,13 +220,14 @@ async fn run_subscriber(
     }
 }
 
-/// Serves one subscription until it drops.
+/// Serves one subscription until it drops or a resubscription is asked for.
 async fn subscribe_and_serve(
     redis: &RedisEngine,
     l1: &Arc<L1Tier>,
     catalog: &KeyspaceCatalog,
     node_id: u64,
     connected: &AtomicBool,
+    resubscribe: &Notify,
 ) -> Result<(), String> {
     let mut pubsub = redis.pubsub().await.map_err(|error| error.to_string())?;
     pubsub
@@ -221,7 +240,14 @@ async fn subscribe_and_serve(
     metrics::gauge!("plinth_cache_coherence_up").set(1.0);
     tracing::info!("cache coherence channel up");
     let mut messages = pubsub.into_on_message();
-    while let Some(message) = messages.next().await {
+    loop {
+        let message = tokio::select! {
+            message = messages.next() => message,
+            () = resubscribe.notified() => return Ok(()),
+        };
+        let Some(message) = message else {
+            return Ok(());
+        };
         let Ok(payload) = message.get_payload::<String>() else {
             continue;
         };
@@ -233,7 +259,6 @@ async fn subscribe_and_serve(
         }
         apply(l1, catalog, message).await;
     }
-    Ok(())
 }
 
 async fn apply(l1: &Arc<L1Tier>, catalog: &KeyspaceCatalog, message: CoherenceMessage) {
