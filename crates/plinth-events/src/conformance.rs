@@ -570,40 +570,37 @@ async fn metadata_carries_correlation_and_causation_ids(backend: &Backend) {
     assert_eq!(read.events[1].metadata["tag"], json!(7));
 }
 
-async fn stream_reads_page_forward_and_backward_with_cursors(backend: &Backend) {
-    append_ok(backend, "pages", ExpectedVersion::NoStream, events(7)).await;
-    let acme = tenant("acme");
-    let pages = stream("pages");
+/// Follows a stream read's cursor to the end and returns every revision seen.
+async fn revisions_of_every_page(
+    backend: &Backend,
+    tenant: &TenantId,
+    stream: &StreamName,
+    mut request: ReadStreamRequest,
+) -> Vec<u64> {
     let mut seen = Vec::new();
-    let mut request = ReadStreamRequest::forward(3);
     loop {
         let slice = backend
             .events
-            .read_stream(&acme, &pages, &request)
+            .read_stream(tenant, stream, &request)
             .await
             .expect("read");
         seen.extend(slice.events.iter().map(|event| event.revision));
         match slice.next_revision {
             Some(next) => request = request.from_revision(next),
-            None => break,
+            None => return seen,
         }
     }
+}
+
+async fn stream_reads_page_forward_and_backward_with_cursors(backend: &Backend) {
+    append_ok(backend, "pages", ExpectedVersion::NoStream, events(7)).await;
+    let acme = tenant("acme");
+    let pages = stream("pages");
+    let seen = revisions_of_every_page(backend, &acme, &pages, ReadStreamRequest::forward(3)).await;
     assert_eq!(seen, vec![0, 1, 2, 3, 4, 5, 6]);
 
-    let mut seen_backward = Vec::new();
-    let mut request = ReadStreamRequest::backward(3);
-    loop {
-        let slice = backend
-            .events
-            .read_stream(&acme, &pages, &request)
-            .await
-            .expect("read");
-        seen_backward.extend(slice.events.iter().map(|event| event.revision));
-        match slice.next_revision {
-            Some(next) => request = request.from_revision(next),
-            None => break,
-        }
-    }
+    let seen_backward =
+        revisions_of_every_page(backend, &acme, &pages, ReadStreamRequest::backward(3)).await;
     assert_eq!(seen_backward, vec![6, 5, 4, 3, 2, 1, 0]);
 
     let from_middle = backend
