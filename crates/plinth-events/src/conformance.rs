@@ -146,6 +146,7 @@ macro_rules! conformance_suite {
                 tenants_cannot_see_or_touch_each_others_streams,
                 subscribers_are_woken_by_commits,
                 concurrent_writers_leave_no_gaps_and_readers_never_skip_ahead,
+                concurrent_appends_each_get_their_own_answer,
             );
         }
     };
@@ -1450,4 +1451,110 @@ async fn concurrent_writers_leave_no_gaps_and_readers_never_skip_ahead(backend: 
     let verified = events_store.verify(&acme).await.expect("verify");
     assert!(verified.is_intact(), "{verified:?}");
     assert_eq!(verified.events_checked, expected_total);
+}
+
+/// Appends that arrive together (and may commit together) are still
+/// decided one by one: a refusal or a replay among them changes nothing
+/// for the others and leaves nothing behind.
+async fn concurrent_appends_each_get_their_own_answer(backend: &Backend) {
+    const FRESH_STREAMS: usize = 16;
+    const ABSENT_STREAMS: usize = 4;
+    const CONTESTANTS: usize = 4;
+    let paid: Vec<NewEvent> = (0..2)
+        .map(|number| event("Paid", number).with_id(Uuid::new_v4()))
+        .collect();
+    let original = append_ok(backend, "paid", ExpectedVersion::NoStream, paid.clone()).await;
+
+    let mut fresh = Vec::new();
+    for index in 0..FRESH_STREAMS {
+        let name = format!("fresh-{index}");
+        fresh.push(async move {
+            append(backend, "acme", &name, ExpectedVersion::NoStream, events(2)).await
+        });
+    }
+    let mut absent = Vec::new();
+    for index in 0..ABSENT_STREAMS {
+        let name = format!("absent-{index}");
+        absent.push(async move {
+            append(backend, "acme", &name, ExpectedVersion::Exists, events(1)).await
+        });
+    }
+    let mut contested = Vec::new();
+    for _ in 0..CONTESTANTS {
+        contested.push(append(
+            backend,
+            "acme",
+            "contested",
+            ExpectedVersion::NoStream,
+            events(1),
+        ));
+    }
+    let retried = append(backend, "acme", "paid", ExpectedVersion::NoStream, paid);
+    let (fresh, absent, contested, retried) = tokio::join!(
+        futures::future::join_all(fresh),
+        futures::future::join_all(absent),
+        futures::future::join_all(contested),
+        retried,
+    );
+
+    for result in fresh {
+        let appended = result.expect("an append to a new stream");
+        assert_eq!(appended.stream_version, 1);
+        assert_eq!(appended.events[1].position, appended.events[0].position + 1);
+    }
+    for (index, result) in absent.into_iter().enumerate() {
+        assert_append_error(result, ErrorKind::Conflict, "wrong_expected_version");
+        let name = format!("absent-{index}");
+        assert_error(
+            backend
+                .events
+                .stream_info(&tenant("acme"), &stream(&name))
+                .await,
+            ErrorKind::NotFound,
+            "stream_not_found",
+        );
+    }
+    let mut winners = 0;
+    for result in contested {
+        match result {
+            Ok(appended) => {
+                assert_eq!(appended.stream_version, 0);
+                winners += 1;
+            }
+            Err(refused) => {
+                assert_error::<()>(
+                    Err(refused.into_error()),
+                    ErrorKind::Conflict,
+                    "wrong_expected_version",
+                );
+            }
+        }
+    }
+    assert_eq!(winners, 1);
+    let retried = retried.expect("a retried append");
+    assert!(retried.replayed);
+    assert_eq!(retried.events, original.events);
+
+    let expected_events = 2 + FRESH_STREAMS * 2 + 1;
+    let mut positions = Vec::new();
+    let mut request = ReadAllRequest::forward(50);
+    loop {
+        let page = backend
+            .events
+            .read_all(&tenant("acme"), &request)
+            .await
+            .expect("read all");
+        positions.extend(page.events.iter().map(|event| event.position));
+        match page.next_position {
+            Some(next) => request = request.from_position(next),
+            None => break,
+        }
+    }
+    assert_eq!(positions, (0..expected_events as u64).collect::<Vec<_>>());
+    let verified = backend
+        .events
+        .verify(&tenant("acme"))
+        .await
+        .expect("verify");
+    assert!(verified.is_intact(), "{verified:?}");
 }

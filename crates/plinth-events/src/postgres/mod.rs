@@ -28,8 +28,13 @@
 //! sees a prefix of the log. A reader that saw position N has seen every
 //! committed event before N. The critical section is one statement plus
 //! the commit; everything slow (checks, hashing) happens before it, under
-//! the stream's lock only. Locks are always taken stream first, counter
-//! second, so appends cannot deadlock.
+//! the stream's lock only. Locks are always taken streams first (in name
+//! order), counter last, so appends cannot deadlock.
+//!
+//! Since the counter serialises a tenant's commits, a node commits the
+//! appends that arrive together as one transaction over several streams
+//! (`append_queue.rs` gathers them, `append_group.rs` writes them): one
+//! counter advance and one WAL flush for the whole group.
 //!
 //! The counter is per tenant, not global: tenants never wait on each other,
 //! and a tenant's log has no holes left by other tenants (which would also
@@ -38,6 +43,9 @@
 //! Every statement runs through the engine's guard (breaker and timeout)
 //! and is prepared once per connection (`prepare_cached`), before the
 //! transaction borrows the connection.
+
+mod append_group;
+mod append_queue;
 
 use std::sync::Arc;
 
@@ -54,23 +62,26 @@ use crate::migrations::{
     EVENT_COLUMNS, EventRow, STREAM_COLUMNS, StreamRow, from_column, micros_to_time, to_column,
 };
 use crate::model::{
-    AppendError, AppendResult, AppendedEvent, ExpectedVersion, RecordedEvent, Snapshot, StreamName,
+    AppendError, AppendResult, ExpectedVersion, RecordedEvent, Snapshot, StreamName,
 };
 use crate::rules::{
-    AppendPlan, ExistingEvent, ImportPlan, ScavengeCandidate, StreamChange, StreamRecord,
-    apply_stream_change, plan_append, plan_import, removable_prefix, snapshot_ahead_of_stream,
-    snapshot_is_hidden, stream_deleted, stream_not_found,
+    ImportPlan, ScavengeCandidate, StreamChange, StreamRecord, apply_stream_change, plan_import,
+    removable_prefix, snapshot_ahead_of_stream, snapshot_is_hidden, stream_deleted,
+    stream_not_found,
 };
 use crate::store::{
     EventBackend, ImportOutcome, ImportedEvent, LogEventsQuery, ScavengeBatch, SnapshotWrite,
     StreamEventsQuery, StreamKey,
 };
 use crate::validation::PreparedEvent;
+use append_group::AppendGroupWriter;
+use append_queue::AppendQueue;
 
 type Parameters<'a> = [&'a (dyn ToSql + Sync)];
 
 pub(crate) struct PostgresEventBackend {
     engine: Arc<PostgresEngine>,
+    appends: AppendQueue,
 }
 
 // A new stream's row, so there is a row to lock. Rolled back with the
@@ -91,38 +102,6 @@ fn lock_stream_sql() -> String {
 fn select_stream_sql() -> String {
     format!("SELECT {STREAM_COLUMNS} FROM plinth_events_streams WHERE tenant = $1 AND stream = $2")
 }
-
-const EXISTING_IDS: &str = "SELECT event_id, revision, position FROM plinth_events_events
-     WHERE tenant = $1 AND stream = $2 AND event_id = ANY($3::text[])";
-
-// The serialisation point (see the module documentation).
-const APPEND_AT_HEAD: &str = "WITH head AS (
-        INSERT INTO plinth_events_log_heads AS h (tenant, last_position, last_recorded_us)
-        VALUES ($1, $3::bigint - 1, $4::bigint)
-        ON CONFLICT (tenant) DO UPDATE SET
-            last_position = h.last_position + $3::bigint,
-            last_recorded_us = GREATEST(h.last_recorded_us, $4::bigint)
-        RETURNING h.last_position - $3::bigint + 1 AS first_position, h.last_recorded_us
-     ), inserted AS (
-        INSERT INTO plinth_events_events
-            (tenant, position, stream, revision, event_id, event_type, schema_version, data,
-             metadata, recorded_at_us, hash)
-        SELECT $1, head.first_position + batch.ordinal - 1, $2, $5::bigint + batch.ordinal - 1,
-               batch.event_id, batch.event_type, batch.schema_version, batch.data,
-               batch.metadata, head.last_recorded_us, batch.hash
-        FROM head, unnest($6::text[], $7::text[], $8::int4[], $9::text[], $10::text[], $11::bytea[])
-             WITH ORDINALITY AS batch(event_id, event_type, schema_version, data, metadata, hash, ordinal)
-     ), stream_update AS (
-        UPDATE plinth_events_streams SET
-            last_revision = $12::bigint,
-            last_position = head.first_position + $3::bigint - 1,
-            last_hash = $13,
-            soft_deleted = FALSE,
-            visible_from_revision = $14::bigint
-        FROM head
-        WHERE tenant = $1 AND stream = $2
-     )
-     SELECT first_position, last_recorded_us FROM head";
 
 const UPSERT_STREAM: &str = "INSERT INTO plinth_events_streams
         (tenant, stream, last_revision, last_position, last_hash, truncate_before, max_count,
@@ -180,7 +159,7 @@ fn read_stream_sql(descending: bool) -> String {
     )
 }
 
-fn stream_row(row: &Row, first: usize) -> StreamRow {
+pub(super) fn stream_row(row: &Row, first: usize) -> StreamRow {
     StreamRow {
         last_revision: row.get(first),
         last_position: row.get(first + 1),
@@ -219,7 +198,7 @@ pub(crate) fn recorded_events(rows: Vec<Row>) -> Result<Vec<RecordedEvent>, Erro
     Ok(events)
 }
 
-fn schema_version_column(schema_version: u32) -> Result<i32, Error> {
+pub(super) fn schema_version_column(schema_version: u32) -> Result<i32, Error> {
     i32::try_from(schema_version).map_err(|_| {
         Error::invalid_argument("invalid_schema_version", "schema_version is too large")
     })
@@ -227,7 +206,10 @@ fn schema_version_column(schema_version: u32) -> Result<i32, Error> {
 
 impl PostgresEventBackend {
     pub fn new(engine: Arc<PostgresEngine>) -> Self {
-        PostgresEventBackend { engine }
+        PostgresEventBackend {
+            appends: AppendQueue::new(AppendGroupWriter::new(Arc::clone(&engine))),
+            engine,
+        }
     }
 
     async fn prepare<const COUNT: usize>(
@@ -308,42 +290,6 @@ impl PostgresEventBackend {
         Ok(())
     }
 
-    async fn existing_ids(
-        &self,
-        transaction: &Transaction<'_>,
-        statement: &Statement,
-        tenant: &str,
-        stream: &str,
-        events: &[PreparedEvent],
-    ) -> Result<Vec<ExistingEvent>, Error> {
-        let given_ids: Vec<String> = events
-            .iter()
-            .filter(|event| event.id_given_by_caller)
-            .map(|event| event.id.to_string())
-            .collect();
-        if given_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows = self
-            .engine
-            .run(
-                "events_existing_ids",
-                transaction.query(statement, &[&tenant, &stream, &given_ids]),
-            )
-            .await?;
-        let mut existing = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: String = row.get(0);
-            existing.push(ExistingEvent {
-                id: Uuid::parse_str(&id)
-                    .map_err(|_| Error::internal("stored event id is not a UUID"))?,
-                revision: from_column(row.get(1), "revision")?,
-                position: from_column(row.get(2), "position")?,
-            });
-        }
-        Ok(existing)
-    }
-
     async fn query(
         &self,
         operation: &'static str,
@@ -351,36 +297,6 @@ impl PostgresEventBackend {
         parameters: &Parameters<'_>,
     ) -> Result<Vec<Row>, Error> {
         self.engine.query_cached(operation, sql, parameters).await
-    }
-}
-
-/// The batch's columns, as the arrays `APPEND_AT_HEAD` unnests.
-struct BatchColumns {
-    ids: Vec<String>,
-    types: Vec<String>,
-    schema_versions: Vec<i32>,
-    data: Vec<String>,
-    metadata: Vec<String>,
-    hashes: Vec<Vec<u8>>,
-}
-
-impl BatchColumns {
-    fn new(events: &[PreparedEvent], hashes: &[[u8; 32]]) -> Result<Self, Error> {
-        let mut schema_versions = Vec::with_capacity(events.len());
-        for event in events {
-            schema_versions.push(schema_version_column(event.schema_version)?);
-        }
-        Ok(BatchColumns {
-            ids: events.iter().map(|event| event.id.to_string()).collect(),
-            types: events
-                .iter()
-                .map(|event| event.event_type.clone())
-                .collect(),
-            schema_versions,
-            data: events.iter().map(|event| event.data.clone()).collect(),
-            metadata: events.iter().map(|event| event.metadata.clone()).collect(),
-            hashes: hashes.iter().map(|hash| hash.to_vec()).collect(),
-        })
     }
 }
 
@@ -394,90 +310,9 @@ impl EventBackend for PostgresEventBackend {
         events: Vec<PreparedEvent>,
         now_micros: i64,
     ) -> Result<AppendResult, AppendError> {
-        let tenant = tenant.as_str();
-        let stream_text = stream.as_str();
-        let mut client = self.engine.acquire().await?;
-        let [ensure, lock, existing_ids, append_at_head] = self
-            .prepare(
-                &client,
-                "events_append_prepare",
-                [
-                    ENSURE_STREAM,
-                    &lock_stream_sql(),
-                    EXISTING_IDS,
-                    APPEND_AT_HEAD,
-                ],
-            )
-            .await?;
-        let transaction = self
-            .engine
-            .run("events_append_begin", client.transaction())
-            .await?;
-        let record = self
-            .lock_stream(&transaction, &ensure, &lock, tenant, stream_text)
-            .await?;
-        let existing = self
-            .existing_ids(&transaction, &existing_ids, tenant, stream_text, &events)
-            .await?;
-        let planned = match plan_append(stream, expected_version, &record, &events, &existing) {
-            Ok(AppendPlan::Write(planned)) => planned,
-            Ok(AppendPlan::Replay(result)) => {
-                self.engine
-                    .run("events_append_rollback", transaction.rollback())
-                    .await?;
-                return Ok(result);
-            }
-            Err(refused) => {
-                self.engine
-                    .run("events_append_rollback", transaction.rollback())
-                    .await?;
-                return Err(refused);
-            }
-        };
-        let columns = BatchColumns::new(&events, &planned.hashes)?;
-        let count = events.len() as i64;
-        let first_revision = to_column(planned.first_revision, "revision")?;
-        let record_after = StreamRow::from_record(&planned.record_after)?;
-        let parameters: [&(dyn ToSql + Sync); 14] = [
-            &tenant,
-            &stream_text,
-            &count,
-            &now_micros,
-            &first_revision,
-            &columns.ids,
-            &columns.types,
-            &columns.schema_versions,
-            &columns.data,
-            &columns.metadata,
-            &columns.hashes,
-            &record_after.last_revision,
-            &record_after.last_hash,
-            &record_after.visible_from_revision,
-        ];
-        let head = self
-            .engine
-            .run(
-                "events_append_at_head",
-                transaction.query_one(&append_at_head, &parameters),
-            )
-            .await?;
-        self.engine
-            .run("events_append_commit", transaction.commit())
-            .await?;
-        let first_position: i64 = head.get(0);
-        let mut appended = Vec::with_capacity(events.len());
-        for (offset, event) in events.iter().enumerate() {
-            appended.push(AppendedEvent {
-                id: event.id,
-                revision: planned.first_revision + offset as u64,
-                position: from_column(first_position + offset as i64, "position")?,
-            });
-        }
-        Ok(AppendResult {
-            stream_version: planned.record_after.last_revision.unwrap_or_default(),
-            events: appended,
-            replayed: false,
-        })
+        self.appends
+            .append(tenant, stream, expected_version, events, now_micros)
+            .await
     }
 
     async fn stream_record(

@@ -1,0 +1,548 @@
+//! One transaction that appends a group of appends of one tenant, each to
+//! a different stream (`append_queue.rs` forms the groups).
+//!
+//! The transaction follows the rules of the module documentation of
+//! `postgres`, for many streams at once:
+//!
+//! 1. create the rows of streams that have none, lock every stream's row,
+//!    and look up the ids the callers gave: three statements sent together
+//!    (one round trip). Rows are created and locked in stream-name order
+//!    (byte order: the columns are `COLLATE "C"`), so two nodes' groups
+//!    never wait on each other in a cycle;
+//! 2. decide each append in memory (`rules.rs`): written, replayed or
+//!    refused. The rows this transaction created for streams that end up
+//!    with no write are removed again, so a refused append leaves nothing
+//!    behind;
+//! 3. one statement advances the tenant's counter by the group's event
+//!    count, inserts every event at consecutive positions (appends in
+//!    group order, events in batch order) and updates the streams' rows;
+//! 4. `COMMIT`, then every append gets its answer.
+//!
+//! A failed transaction answers nobody: the queue decides what to do.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use plinth_core::{Error, TenantId};
+use plinth_engines::PostgresEngine;
+use plinth_engines::postgres::PooledClient;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Statement, Transaction};
+use uuid::Uuid;
+
+use crate::chain::GENESIS_HASH;
+use crate::migrations::{STREAM_COLUMNS, StreamRow, from_column, to_column};
+use crate::model::{AppendError, AppendResult, AppendedEvent};
+use crate::postgres::append_queue::{PendingAppend, reply_to_all};
+use crate::postgres::{schema_version_column, stream_row};
+use crate::rules::{AppendPlan, ExistingEvent, PlannedWrite, StreamRecord, plan_append};
+
+// New streams' rows, so there is a row to lock; returns the streams it
+// created. Inserted in name order, like the locks below: two groups that
+// create the same streams wait on each other's inserts in one order.
+const ENSURE_STREAMS: &str = "INSERT INTO plinth_events_streams
+        (tenant, stream, last_revision, last_position, last_hash, visible_from_revision,
+         soft_deleted, tombstoned, scavenged_before_revision, scavenged_anchor_hash)
+     SELECT $1, new_stream, -1, -1, $3, 0, FALSE, FALSE, 0, $3
+     FROM unnest($2::text[]) AS new_stream
+     ORDER BY new_stream
+     ON CONFLICT (tenant, stream) DO NOTHING
+     RETURNING stream";
+
+fn lock_streams_sql() -> String {
+    format!(
+        "SELECT stream, {STREAM_COLUMNS} FROM plinth_events_streams
+         WHERE tenant = $1 AND stream = ANY($2::text[])
+         ORDER BY stream
+         FOR UPDATE"
+    )
+}
+
+const EXISTING_IDS: &str = "SELECT stored.stream, stored.event_id, stored.revision, stored.position
+     FROM plinth_events_events AS stored
+     JOIN unnest($2::text[], $3::text[]) AS given(stream, event_id)
+       ON stored.stream = given.stream AND stored.event_id = given.event_id
+     WHERE stored.tenant = $1";
+
+const FORGET_STREAMS: &str =
+    "DELETE FROM plinth_events_streams WHERE tenant = $1 AND stream = ANY($2::text[])";
+
+// The serialisation point (see the module documentation of `postgres`).
+const APPEND_GROUP_AT_HEAD: &str = "WITH head AS (
+        INSERT INTO plinth_events_log_heads AS h (tenant, last_position, last_recorded_us)
+        VALUES ($1, $2::bigint - 1, $3::bigint)
+        ON CONFLICT (tenant) DO UPDATE SET
+            last_position = h.last_position + $2::bigint,
+            last_recorded_us = GREATEST(h.last_recorded_us, $3::bigint)
+        RETURNING h.last_position - $2::bigint + 1 AS first_position, h.last_recorded_us
+     ), inserted AS (
+        INSERT INTO plinth_events_events
+            (tenant, position, stream, revision, event_id, event_type, schema_version, data,
+             metadata, recorded_at_us, hash)
+        SELECT $1, head.first_position + batch.ordinal - 1, batch.stream, batch.revision,
+               batch.event_id, batch.event_type, batch.schema_version, batch.data,
+               batch.metadata, head.last_recorded_us, batch.hash
+        FROM head, unnest($4::text[], $5::int8[], $6::text[], $7::text[], $8::int4[],
+                          $9::text[], $10::text[], $11::bytea[])
+             WITH ORDINALITY AS batch(stream, revision, event_id, event_type, schema_version,
+                                      data, metadata, hash, ordinal)
+     ), stream_update AS (
+        UPDATE plinth_events_streams AS written SET
+            last_revision = changed.last_revision,
+            last_position = head.first_position + changed.last_offset,
+            last_hash = changed.last_hash,
+            soft_deleted = FALSE,
+            visible_from_revision = changed.visible_from_revision
+        FROM head, unnest($12::text[], $13::int8[], $14::int8[], $15::bytea[], $16::int8[])
+             AS changed(stream, last_revision, last_offset, last_hash, visible_from_revision)
+        WHERE written.tenant = $1 AND written.stream = changed.stream
+     )
+     SELECT first_position FROM head";
+
+type Answer = Result<AppendResult, AppendError>;
+
+/// An append the group writes, and where its events go in the group.
+struct GroupWrite {
+    append_index: usize,
+    planned: PlannedWrite,
+    /// Offset of its first event among the group's events.
+    first_offset: i64,
+}
+
+pub(crate) struct AppendGroupWriter {
+    engine: Arc<PostgresEngine>,
+}
+
+impl AppendGroupWriter {
+    pub fn new(engine: Arc<PostgresEngine>) -> Self {
+        AppendGroupWriter { engine }
+    }
+
+    /// Writes the group and answers every append, with the transaction's
+    /// failure when it fails.
+    pub async fn write_and_reply(&self, tenant: &TenantId, group: Vec<PendingAppend>) {
+        if let Err((failure, group)) = self.write(tenant, group).await {
+            reply_to_all(group, &failure);
+        }
+    }
+
+    /// Writes the group in one transaction and answers every append; when
+    /// the transaction fails, answers none and hands the group back.
+    pub async fn write(
+        &self,
+        tenant: &TenantId,
+        group: Vec<PendingAppend>,
+    ) -> Result<(), (Error, Vec<PendingAppend>)> {
+        let answers = match self.run_transaction(tenant.as_str(), &group).await {
+            Ok(answers) => answers,
+            Err(failure) => return Err((failure, group)),
+        };
+        for (pending, answer) in group.into_iter().zip(answers) {
+            // A client that left no longer waits for its answer.
+            let _ = pending.reply.send(answer);
+        }
+        Ok(())
+    }
+
+    async fn run_transaction(
+        &self,
+        tenant: &str,
+        group: &[PendingAppend],
+    ) -> Result<Vec<Answer>, Error> {
+        let mut client = self.engine.acquire().await?;
+        let statements = self.prepare(&client).await?;
+        let transaction = self
+            .engine
+            .run("events_append_begin", client.transaction())
+            .await?;
+        let mut streams: Vec<&str> = group
+            .iter()
+            .map(|pending| pending.stream.as_str())
+            .collect();
+        streams.sort_unstable();
+        // Pipelined: sent together, run one after the other in this order
+        // (a connection runs its statements in the order it received them),
+        // so the locks see the rows the first statement created, and the ids
+        // are looked up under the locks.
+        let (created_streams, records, existing) = tokio::try_join!(
+            self.ensure_streams(&transaction, &statements, tenant, &streams),
+            self.lock_streams(&transaction, &statements, tenant, &streams),
+            self.existing_ids(&transaction, &statements, tenant, group),
+        )?;
+
+        let mut answers: Vec<Option<Answer>> = Vec::with_capacity(group.len());
+        let mut writes = Vec::new();
+        let mut event_count: i64 = 0;
+        for (append_index, pending) in group.iter().enumerate() {
+            let Some(record) = records.get(pending.stream.as_str()) else {
+                return Err(Error::internal(format!(
+                    "the row of stream `{}` was not there to lock",
+                    pending.stream
+                )));
+            };
+            let existing_in_stream = existing
+                .get(pending.stream.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let plan = plan_append(
+                &pending.stream,
+                pending.expected_version,
+                record,
+                &pending.events,
+                existing_in_stream,
+            );
+            match plan {
+                Ok(AppendPlan::Write(planned)) => {
+                    writes.push(GroupWrite {
+                        append_index,
+                        planned,
+                        first_offset: event_count,
+                    });
+                    event_count += pending.events.len() as i64;
+                    answers.push(None);
+                }
+                Ok(AppendPlan::Replay(result)) => answers.push(Some(Ok(result))),
+                Err(refused) => answers.push(Some(Err(refused))),
+            }
+        }
+
+        if writes.is_empty() {
+            // Also takes back the rows of streams this transaction created.
+            self.engine
+                .run("events_append_rollback", transaction.rollback())
+                .await?;
+            return Ok(answers.into_iter().flatten().collect());
+        }
+        self.forget_unwritten_streams(
+            &transaction,
+            &statements,
+            tenant,
+            &created_streams,
+            group,
+            &answers,
+        )
+        .await?;
+        let first_position = self
+            .append_at_head(
+                &transaction,
+                &statements,
+                tenant,
+                group,
+                &writes,
+                event_count,
+            )
+            .await?;
+        self.engine
+            .run("events_append_commit", transaction.commit())
+            .await?;
+
+        for write in writes {
+            let pending = &group[write.append_index];
+            let result = written_result(pending, &write, first_position)?;
+            answers[write.append_index] = Some(Ok(result));
+        }
+        let mut complete = Vec::with_capacity(answers.len());
+        for answer in answers {
+            complete.push(answer.ok_or_else(|| Error::internal("an append was left unanswered"))?);
+        }
+        Ok(complete)
+    }
+
+    async fn prepare(&self, client: &PooledClient) -> Result<GroupStatements, Error> {
+        let lock_streams = lock_streams_sql();
+        let mut prepared = Vec::with_capacity(5);
+        for text in [
+            ENSURE_STREAMS,
+            lock_streams.as_str(),
+            EXISTING_IDS,
+            FORGET_STREAMS,
+            APPEND_GROUP_AT_HEAD,
+        ] {
+            prepared.push(
+                self.engine
+                    .run("events_append_prepare", client.prepare_cached(text))
+                    .await?,
+            );
+        }
+        let [ensure, lock, existing_ids, forget, append_at_head]: [Statement; 5] = prepared
+            .try_into()
+            .map_err(|_| Error::internal("prepared a different number of statements than asked"))?;
+        Ok(GroupStatements {
+            ensure,
+            lock,
+            existing_ids,
+            forget,
+            append_at_head,
+        })
+    }
+
+    /// Creates the rows of streams that have none; returns those it created.
+    async fn ensure_streams(
+        &self,
+        transaction: &Transaction<'_>,
+        statements: &GroupStatements,
+        tenant: &str,
+        streams: &[&str],
+    ) -> Result<HashSet<String>, Error> {
+        let genesis: &[u8] = &GENESIS_HASH;
+        let rows = self
+            .engine
+            .run(
+                "events_ensure_streams",
+                transaction.query(&statements.ensure, &[&tenant, &streams, &genesis]),
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    async fn lock_streams(
+        &self,
+        transaction: &Transaction<'_>,
+        statements: &GroupStatements,
+        tenant: &str,
+        streams: &[&str],
+    ) -> Result<HashMap<String, StreamRecord>, Error> {
+        let rows = self
+            .engine
+            .run(
+                "events_lock_streams",
+                transaction.query(&statements.lock, &[&tenant, &streams]),
+            )
+            .await?;
+        let mut records = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let stream: String = row.get(0);
+            records.insert(stream, stream_row(&row, 1).into_record()?);
+        }
+        Ok(records)
+    }
+
+    /// The stored events, by stream, whose ids the callers gave.
+    async fn existing_ids(
+        &self,
+        transaction: &Transaction<'_>,
+        statements: &GroupStatements,
+        tenant: &str,
+        group: &[PendingAppend],
+    ) -> Result<HashMap<String, Vec<ExistingEvent>>, Error> {
+        let mut given_streams = Vec::new();
+        let mut given_ids = Vec::new();
+        for pending in group {
+            for event in &pending.events {
+                if event.id_given_by_caller {
+                    given_streams.push(pending.stream.as_str());
+                    given_ids.push(event.id.to_string());
+                }
+            }
+        }
+        if given_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = self
+            .engine
+            .run(
+                "events_existing_ids",
+                transaction.query(
+                    &statements.existing_ids,
+                    &[&tenant, &given_streams, &given_ids],
+                ),
+            )
+            .await?;
+        let mut existing: HashMap<String, Vec<ExistingEvent>> = HashMap::new();
+        for row in rows {
+            let stream: String = row.get(0);
+            let id: String = row.get(1);
+            existing.entry(stream).or_default().push(ExistingEvent {
+                id: Uuid::parse_str(&id)
+                    .map_err(|_| Error::internal("stored event id is not a UUID"))?,
+                revision: from_column(row.get(2), "revision")?,
+                position: from_column(row.get(3), "position")?,
+            });
+        }
+        Ok(existing)
+    }
+
+    /// Removes the rows this transaction created for streams whose append
+    /// was refused, so the stream stays absent.
+    async fn forget_unwritten_streams(
+        &self,
+        transaction: &Transaction<'_>,
+        statements: &GroupStatements,
+        tenant: &str,
+        created_streams: &HashSet<String>,
+        group: &[PendingAppend],
+        answers: &[Option<Answer>],
+    ) -> Result<(), Error> {
+        let mut unwritten = Vec::new();
+        for (pending, answer) in group.iter().zip(answers) {
+            let decided_without_write = answer.is_some();
+            if decided_without_write && created_streams.contains(pending.stream.as_str()) {
+                unwritten.push(pending.stream.as_str());
+            }
+        }
+        if unwritten.is_empty() {
+            return Ok(());
+        }
+        self.engine
+            .run(
+                "events_forget_streams",
+                transaction.execute(&statements.forget, &[&tenant, &unwritten]),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Advances the counter, inserts the events and updates the streams in
+    /// one statement; returns the group's first position.
+    async fn append_at_head(
+        &self,
+        transaction: &Transaction<'_>,
+        statements: &GroupStatements,
+        tenant: &str,
+        group: &[PendingAppend],
+        writes: &[GroupWrite],
+        event_count: i64,
+    ) -> Result<i64, Error> {
+        let mut newest_now_micros = i64::MIN;
+        for write in writes {
+            newest_now_micros = newest_now_micros.max(group[write.append_index].now_micros);
+        }
+        let events = EventColumns::new(group, writes)?;
+        let streams = StreamColumns::new(group, writes)?;
+        let parameters: [&(dyn ToSql + Sync); 16] = [
+            &tenant,
+            &event_count,
+            &newest_now_micros,
+            &events.streams,
+            &events.revisions,
+            &events.ids,
+            &events.types,
+            &events.schema_versions,
+            &events.data,
+            &events.metadata,
+            &events.hashes,
+            &streams.streams,
+            &streams.last_revisions,
+            &streams.last_offsets,
+            &streams.last_hashes,
+            &streams.visible_from_revisions,
+        ];
+        let head = self
+            .engine
+            .run(
+                "events_append_at_head",
+                transaction.query_one(&statements.append_at_head, &parameters),
+            )
+            .await?;
+        Ok(head.get(0))
+    }
+}
+
+struct GroupStatements {
+    ensure: Statement,
+    lock: Statement,
+    existing_ids: Statement,
+    forget: Statement,
+    append_at_head: Statement,
+}
+
+fn written_result(
+    pending: &PendingAppend,
+    write: &GroupWrite,
+    first_position: i64,
+) -> Result<AppendResult, Error> {
+    let mut appended = Vec::with_capacity(pending.events.len());
+    for (offset, event) in pending.events.iter().enumerate() {
+        let position = first_position + write.first_offset + offset as i64;
+        appended.push(AppendedEvent {
+            id: event.id,
+            revision: write.planned.first_revision + offset as u64,
+            position: from_column(position, "position")?,
+        });
+    }
+    Ok(AppendResult {
+        stream_version: write.planned.record_after.last_revision.unwrap_or_default(),
+        events: appended,
+        replayed: false,
+    })
+}
+
+/// Every written event of the group, as the arrays the statement unnests.
+struct EventColumns<'a> {
+    streams: Vec<&'a str>,
+    revisions: Vec<i64>,
+    ids: Vec<String>,
+    types: Vec<&'a str>,
+    schema_versions: Vec<i32>,
+    data: Vec<&'a str>,
+    metadata: Vec<&'a str>,
+    hashes: Vec<&'a [u8]>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn new(group: &'a [PendingAppend], writes: &'a [GroupWrite]) -> Result<Self, Error> {
+        let mut columns = EventColumns {
+            streams: Vec::new(),
+            revisions: Vec::new(),
+            ids: Vec::new(),
+            types: Vec::new(),
+            schema_versions: Vec::new(),
+            data: Vec::new(),
+            metadata: Vec::new(),
+            hashes: Vec::new(),
+        };
+        for write in writes {
+            let pending = &group[write.append_index];
+            let first_revision = to_column(write.planned.first_revision, "revision")?;
+            for (offset, event) in pending.events.iter().enumerate() {
+                columns.streams.push(pending.stream.as_str());
+                columns.revisions.push(first_revision + offset as i64);
+                columns.ids.push(event.id.to_string());
+                columns.types.push(&event.event_type);
+                columns
+                    .schema_versions
+                    .push(schema_version_column(event.schema_version)?);
+                columns.data.push(&event.data);
+                columns.metadata.push(&event.metadata);
+                columns.hashes.push(&write.planned.hashes[offset]);
+            }
+        }
+        Ok(columns)
+    }
+}
+
+/// Every written stream's row after the group, as the arrays the
+/// statement unnests.
+struct StreamColumns<'a> {
+    streams: Vec<&'a str>,
+    last_revisions: Vec<i64>,
+    last_offsets: Vec<i64>,
+    last_hashes: Vec<Vec<u8>>,
+    visible_from_revisions: Vec<i64>,
+}
+
+impl<'a> StreamColumns<'a> {
+    fn new(group: &'a [PendingAppend], writes: &[GroupWrite]) -> Result<Self, Error> {
+        let mut columns = StreamColumns {
+            streams: Vec::with_capacity(writes.len()),
+            last_revisions: Vec::with_capacity(writes.len()),
+            last_offsets: Vec::with_capacity(writes.len()),
+            last_hashes: Vec::with_capacity(writes.len()),
+            visible_from_revisions: Vec::with_capacity(writes.len()),
+        };
+        for write in writes {
+            let pending = &group[write.append_index];
+            let row_after = StreamRow::from_record(&write.planned.record_after)?;
+            columns.streams.push(pending.stream.as_str());
+            columns.last_revisions.push(row_after.last_revision);
+            columns
+                .last_offsets
+                .push(write.first_offset + pending.events.len() as i64 - 1);
+            columns.last_hashes.push(row_after.last_hash);
+            columns
+                .visible_from_revisions
+                .push(row_after.visible_from_revision);
+        }
+        Ok(columns)
+    }
+}
