@@ -980,6 +980,23 @@ async fn a_soft_deleted_stream_is_recreated_with_continued_numbering(backend: &B
         "stream_not_found",
     );
     assert!(all_positions(backend, "acme").await.is_empty());
+    let metadata_without_truncation = backend
+        .events
+        .set_stream_metadata(&acme, &cart, StreamMetadata::default())
+        .await
+        .expect("a metadata write after a soft delete");
+    assert_eq!(
+        metadata_without_truncation.metadata.truncate_before,
+        Some(3)
+    );
+    assert_error(
+        backend
+            .events
+            .read_stream(&acme, &cart, &ReadStreamRequest::forward(10))
+            .await,
+        ErrorKind::NotFound,
+        "stream_not_found",
+    );
     let recreated = append_ok(backend, "cart", ExpectedVersion::NoStream, events(2)).await;
     assert_eq!(recreated.events[0].revision, 3);
     assert_eq!(revisions(backend, "acme", "cart").await, vec![3, 4]);

@@ -440,7 +440,8 @@ pub struct StreamMetadata {
     pub max_count: Option<u64>,
     /// Hide events recorded longer ago than this.
     pub max_age: Option<HumanDuration>,
-    /// Hide events with a revision below this.
+    /// Hide events with a revision below this. Only moves forward: a
+    /// lower or absent value in a metadata write keeps the current one.
     pub truncate_before: Option<u64>,
 }
 

@@ -323,6 +323,12 @@ pub(crate) fn apply_stream_change(
         StreamChange::SetMetadata(metadata) => {
             validate_metadata(metadata)?;
             changed.metadata = metadata.clone();
+            // Truncation only moves forward: what it hid may already be
+            // scavenged, and a soft delete (a truncation) must not be
+            // undone by a later metadata write.
+            changed.metadata.truncate_before = metadata
+                .truncate_before
+                .max(record.metadata.truncate_before);
         }
         StreamChange::Delete {
             mode,
