@@ -30,8 +30,14 @@ const MAINTENANCE_PERIOD: Duration = Duration::from_secs(15);
 /// A pooled client; dropping it returns the connection to the pool.
 pub type PooledClient = Object;
 
+/// A connection outside the pool (see [`PostgresEngine::connect_dedicated`]):
+/// the caller must poll it for the client to make progress.
+pub type DedicatedConnection =
+    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>;
+
 pub struct PostgresEngine {
     pool: Pool,
+    driver_config: tokio_postgres::Config,
     config: PostgresConfig,
     guard: EngineGuard,
     acquire_retry_policy: RetryPolicy,
@@ -72,7 +78,7 @@ impl PostgresEngine {
             )
         })?;
         let manager = Manager::from_config(
-            driver_config,
+            driver_config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Verified,
@@ -89,6 +95,7 @@ impl PostgresEngine {
             .map_err(|build_error| Error::internal(format!("postgres pool: {build_error}")))?;
         let engine = Arc::new(PostgresEngine {
             pool,
+            driver_config,
             config: config.clone(),
             guard: EngineGuard::new(breaker, call_timeout),
             acquire_retry_policy: RetryPolicy {
@@ -213,6 +220,21 @@ impl PostgresEngine {
     /// Closes the pool: idle connections are dropped, new acquires fail.
     pub fn close(&self) {
         self.pool.close();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.pool.is_closed()
+    }
+
+    /// Opens a connection outside the pool, through the breaker and the
+    /// call timeout, for a session that stays open (`LISTEN`). The caller
+    /// drives the returned connection (`poll_message`) and drops both
+    /// halves to close it.
+    pub async fn connect_dedicated(
+        &self,
+    ) -> Result<(tokio_postgres::Client, DedicatedConnection), Error> {
+        self.run("connect_dedicated", self.driver_config.connect(NoTls))
+            .await
     }
 
     async fn fill_to_minimum(&self) -> Result<(), Error> {

@@ -7,15 +7,8 @@
 //! order, reading up to N after the notification sees every event before
 //! N, so notifications may be coalesced or missed without losing events.
 //!
-//! Across nodes (PostgreSQL) this in-process channel only sees this node's
-//! appends. The plan for other nodes' appends: `SELECT pg_notify(
-//! 'plinth_events', tenant || ':' || last_position)` inside the append
-//! transaction (PostgreSQL delivers notifications at commit, in commit
-//! order), and one dedicated `LISTEN plinth_events` connection per node,
-//! reconnecting with backoff and, after each reconnect, publishing every
-//! tenant's head from `plinth_events_log_heads` so nothing waits on a lost
-//! notification. Not built yet: it needs a connection outside the pool,
-//! which `plinth-engines` does not hand out today.
+//! Across nodes (PostgreSQL), `postgres/commit_signals.rs` feeds the
+//! commits of other nodes into the same channels.
 
 use std::collections::HashMap;
 
@@ -46,12 +39,33 @@ impl CommitNotifier {
         let sender = channels
             .entry(tenant.clone())
             .or_insert_with(|| watch::channel(None).0);
-        sender.send_if_modified(|highest| {
-            if highest.is_some_and(|highest| highest >= position) {
-                return false;
-            }
-            *highest = Some(position);
-            true
-        });
+        advance(sender, position);
     }
+
+    /// Like [`committed`](Self::committed), for a tenant this node's
+    /// subscribers watch; does nothing for others, so signals about every
+    /// tenant of the database do not fill this node's memory.
+    pub fn committed_if_watched(&self, tenant: &TenantId, position: u64) {
+        let channels = self.channels.lock();
+        let Some(sender) = channels.get(tenant) else {
+            return;
+        };
+        advance(sender, position);
+    }
+
+    /// The tenants that have a channel on this node.
+    pub fn watched_tenants(&self) -> Vec<TenantId> {
+        self.channels.lock().keys().cloned().collect()
+    }
+}
+
+/// Moves the channel to `position` unless it is already there or beyond.
+fn advance(sender: &watch::Sender<Option<u64>>, position: u64) {
+    sender.send_if_modified(|highest| {
+        if highest.is_some_and(|highest| highest >= position) {
+            return false;
+        }
+        *highest = Some(position);
+        true
+    });
 }

@@ -32,7 +32,7 @@ pub struct EventStore {
     pub(crate) backend: Arc<dyn EventBackend>,
     pub(crate) config: EventsConfig,
     pub(crate) clock: Arc<dyn Clock>,
-    notifier: CommitNotifier,
+    notifier: Arc<CommitNotifier>,
     /// Scavenge and verify take this, so a node never runs them together
     /// (verify would see a scavenge half done).
     pub(crate) maintenance: tokio::sync::Mutex<()>,
@@ -68,14 +68,21 @@ fn point_in_time_bounds(as_of: Option<AsOf>) -> Result<PointInTimeBounds, Error>
 
 impl EventStore {
     /// The event store on the node's durable store (migrated with
-    /// [`crate::EVENTS_MIGRATIONS`]).
+    /// [`crate::EVENTS_MIGRATIONS`]). Inside a Tokio runtime it also
+    /// starts exchanging commit signals with other nodes (PostgreSQL);
+    /// outside one, subscriptions learn of other nodes' commits by polling.
     pub fn new(store: &Store, config: EventsConfig) -> Result<Self, Error> {
         config.validate()?;
+        let backend = open_backend(store);
+        let notifier = Arc::new(CommitNotifier::default());
+        if tokio::runtime::Handle::try_current().is_ok() {
+            backend.start_commit_signals(Arc::downgrade(&notifier));
+        }
         Ok(EventStore {
-            backend: open_backend(store),
+            backend,
             config,
             clock: Arc::new(SystemClock),
-            notifier: CommitNotifier::default(),
+            notifier,
             maintenance: tokio::sync::Mutex::new(()),
             groups: open_group_backend(store),
             group_activity: tokio::sync::Notify::new(),

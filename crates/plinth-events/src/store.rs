@@ -3,7 +3,7 @@
 //! `rules.rs`, and every backend passes the same conformance suite
 //! (`conformance.rs`) through the [`crate::EventStore`] service.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use plinth_core::{Error, TenantId};
@@ -12,6 +12,7 @@ use plinth_engines::Store;
 use crate::model::{
     AppendError, AppendResult, ExpectedVersion, RecordedEvent, Snapshot, StreamName,
 };
+use crate::notify::CommitNotifier;
 use crate::rules::{StreamChange, StreamRecord};
 use crate::validation::PreparedEvent;
 
@@ -179,6 +180,10 @@ pub(crate) trait EventBackend: Send + Sync {
 
     /// Every tenant whose log has an event, by id.
     async fn log_tenants(&self) -> Result<Vec<String>, Error>;
+
+    /// Starts exchanging commit signals with other nodes, feeding theirs
+    /// into `notifier` (PostgreSQL; one node has nobody to tell).
+    fn start_commit_signals(&self, _notifier: Weak<CommitNotifier>) {}
 }
 
 pub(crate) fn open_backend(store: &Store) -> Arc<dyn EventBackend> {

@@ -8,9 +8,8 @@
 //! gapless and handed out in commit order, so reading from there after a
 //! notification sees every event once: no loss, no duplicate, whatever
 //! notifications were coalesced. The pump also re-reads every
-//! [`CROSS_NODE_POLL_INTERVAL`] while idle, because the watch only hears
-//! this node's commits (another node appending to the same PostgreSQL
-//! database is noticed that way).
+//! [`CROSS_NODE_POLL_INTERVAL`] while idle: other PostgreSQL nodes' commits
+//! reach the watch through commit signals, which may be lost.
 //!
 //! Buffering is bounded: a page of at most [`PAGE_SIZE`] events is read at
 //! a time, and at most [`BUFFERED_ITEMS`] items wait for the connection.
@@ -36,8 +35,8 @@ const PAGE_SIZE: usize = 64;
 const BUFFERED_ITEMS: usize = 64;
 /// How long a full buffer may stay full before the subscriber is cut off.
 pub const SLOW_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often an idle subscription re-reads the log for other nodes'
-/// commits, which this node's commit watch does not hear of.
+/// How often an idle subscription re-reads the log, in case a commit
+/// signal from another node was lost.
 const CROSS_NODE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Whose events a subscription delivers.

@@ -55,8 +55,9 @@
 //! nack, replay or settings change on this node (which may free capacity
 //! or make events deliverable), the earliest running lease's expiry, or
 //! the deadline; then it tries once more. Commits on other PostgreSQL
-//! nodes are not seen until the notifier learns of them (see `notify.rs`),
-//! so there a waiting lease may answer only at its deadline.
+//! nodes reach the tenant's commit watch through commit signals
+//! (`postgres/commit_signals.rs`); acks, nacks and replays on other nodes
+//! do not, so a lease they would satisfy answers at its deadline.
 //!
 //! An event removed (scavenged, hard-deleted) after it was tracked cannot
 //! be delivered again; a lease settles it as acked instead.

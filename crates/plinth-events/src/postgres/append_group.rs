@@ -34,6 +34,7 @@ use crate::chain::GENESIS_HASH;
 use crate::migrations::{STREAM_COLUMNS, StreamRow, from_column, to_column};
 use crate::model::{AppendError, AppendResult, AppendedEvent};
 use crate::postgres::append_queue::{PendingAppend, reply_to_all};
+use crate::postgres::commit_signals::CommitSignals;
 use crate::postgres::{schema_version_column, stream_row};
 use crate::rules::{AppendPlan, ExistingEvent, PlannedWrite, StreamRecord, plan_append};
 
@@ -111,11 +112,15 @@ struct GroupWrite {
 
 pub(crate) struct AppendGroupWriter {
     engine: Arc<PostgresEngine>,
+    commit_signals: Arc<CommitSignals>,
 }
 
 impl AppendGroupWriter {
-    pub fn new(engine: Arc<PostgresEngine>) -> Self {
-        AppendGroupWriter { engine }
+    pub fn new(engine: Arc<PostgresEngine>, commit_signals: Arc<CommitSignals>) -> Self {
+        AppendGroupWriter {
+            engine,
+            commit_signals,
+        }
     }
 
     /// Writes the group and answers every append, with the transaction's
@@ -133,7 +138,7 @@ impl AppendGroupWriter {
         tenant: &TenantId,
         group: Vec<PendingAppend>,
     ) -> Result<(), (Error, Vec<PendingAppend>)> {
-        let answers = match self.run_transaction(tenant.as_str(), &group).await {
+        let answers = match self.run_transaction(tenant, &group).await {
             Ok(answers) => answers,
             Err(failure) => return Err((failure, group)),
         };
@@ -146,9 +151,10 @@ impl AppendGroupWriter {
 
     async fn run_transaction(
         &self,
-        tenant: &str,
+        tenant_id: &TenantId,
         group: &[PendingAppend],
     ) -> Result<Vec<Answer>, Error> {
+        let tenant = tenant_id.as_str();
         let mut client = self.engine.acquire().await?;
         let statements = self.prepare(&client).await?;
         let transaction = self
@@ -235,6 +241,9 @@ impl AppendGroupWriter {
         self.engine
             .run("events_append_commit", transaction.commit())
             .await?;
+        let last_position = first_position + event_count - 1;
+        self.commit_signals
+            .publish(tenant_id, from_column(last_position, "position")?);
 
         for write in writes {
             let pending = &group[write.append_index];

@@ -46,8 +46,9 @@
 
 mod append_group;
 mod append_queue;
+mod commit_signals;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use plinth_core::{Error, TenantId};
@@ -64,6 +65,7 @@ use crate::migrations::{
 use crate::model::{
     AppendError, AppendResult, ExpectedVersion, RecordedEvent, Snapshot, StreamName,
 };
+use crate::notify::CommitNotifier;
 use crate::rules::{
     ImportPlan, ScavengeCandidate, StreamChange, StreamRecord, apply_stream_change, plan_import,
     removable_prefix, snapshot_ahead_of_stream, snapshot_is_hidden, stream_deleted,
@@ -76,12 +78,14 @@ use crate::store::{
 use crate::validation::PreparedEvent;
 use append_group::AppendGroupWriter;
 use append_queue::AppendQueue;
+use commit_signals::CommitSignals;
 
 type Parameters<'a> = [&'a (dyn ToSql + Sync)];
 
 pub(crate) struct PostgresEventBackend {
     engine: Arc<PostgresEngine>,
     appends: AppendQueue,
+    commit_signals: Arc<CommitSignals>,
 }
 
 // A new stream's row, so there is a row to lock. Rolled back with the
@@ -206,8 +210,13 @@ pub(super) fn schema_version_column(schema_version: u32) -> Result<i32, Error> {
 
 impl PostgresEventBackend {
     pub fn new(engine: Arc<PostgresEngine>) -> Self {
+        let commit_signals = Arc::new(CommitSignals::default());
         PostgresEventBackend {
-            appends: AppendQueue::new(AppendGroupWriter::new(Arc::clone(&engine))),
+            appends: AppendQueue::new(AppendGroupWriter::new(
+                Arc::clone(&engine),
+                Arc::clone(&commit_signals),
+            )),
+            commit_signals,
             engine,
         }
     }
@@ -799,5 +808,9 @@ impl EventBackend for PostgresEventBackend {
             )
             .await?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    fn start_commit_signals(&self, notifier: Weak<CommitNotifier>) {
+        self.commit_signals.start(&self.engine, notifier);
     }
 }
