@@ -598,6 +598,9 @@ pub struct EventsConfig {
     /// Events a scavenge removes per transaction, so it never holds a
     /// stream (or SQLite's writer) for long.
     pub scavenge_batch_size: usize,
+    /// How often a node scavenges by itself (retention is then enforced
+    /// on disk without an operator); `0s` leaves it to the admin route.
+    pub scavenge_interval: HumanDuration,
 }
 
 impl Default for EventsConfig {
@@ -608,6 +611,7 @@ impl Default for EventsConfig {
             max_append_bytes: 8 * 1024 * 1024,
             max_read_count: 1_000,
             scavenge_batch_size: 500,
+            scavenge_interval: HumanDuration::from_secs(3600),
         }
     }
 }

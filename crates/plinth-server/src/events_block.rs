@@ -2,7 +2,8 @@
 //! the node's single scavenge job. A scavenge runs in the background (it
 //! may take longer than any request may); its progress is published to
 //! the `plinth_events_scavenge*` metrics while it runs and can be read
-//! back through the admin route.
+//! back through the admin route. Besides the admin route, the node starts
+//! one every `events.scavenge_interval`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use plinth_core::Error;
 use plinth_events::{EventStore, ScavengeProgress, ScavengeReport};
 use serde::Serialize;
 use time::OffsetDateTime;
+use tokio::sync::watch;
 use utoipa::ToSchema;
 
 /// How often a running scavenge's progress reaches the metrics.
@@ -96,6 +98,31 @@ impl EventsBlock {
             block.finish_scavenge(outcome);
         });
         Ok(self.scavenge_status())
+    }
+
+    /// Starts a scavenge every `interval` until `shutdown` turns true; an
+    /// interval that finds one still running (an admin's, or a long one)
+    /// lets it be.
+    pub fn spawn_periodic_scavenge(
+        self: &Arc<Self>,
+        interval: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        if interval.is_zero() {
+            return;
+        }
+        let block = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    _ = shutdown.wait_for(|shutting_down| *shutting_down) => return,
+                }
+                if block.start_scavenge().is_ok() {
+                    tracing::info!("periodic event scavenge started");
+                }
+            }
+        });
     }
 
     fn finish_scavenge(&self, outcome: Result<ScavengeReport, Error>) {

@@ -79,10 +79,14 @@ pub async fn run_server(
         audit,
         metrics,
         cache: Arc::clone(&cache),
-        events,
-        shutdown: shutdown_receiver,
+        events: Arc::clone(&events),
+        shutdown: shutdown_receiver.clone(),
     });
     spawn_idempotency_purge(Arc::clone(&control));
+    events.spawn_periodic_scavenge(
+        config.events.scavenge_interval.as_duration(),
+        shutdown_receiver.clone(),
+    );
 
     let listener = TcpListener::bind(config.server.listen)
         .await

@@ -614,6 +614,40 @@ async fn snapshots_metadata_retention_and_deletes() {
 }
 
 #[tokio::test]
+async fn a_node_scavenges_by_itself_every_interval() {
+    let node = Node::start(NodeOptions::dev().env("PLINTH_EVENTS__SCAVENGE_INTERVAL", "1s")).await;
+    let api = node.anonymous();
+    let batch: Vec<Value> = (0..4)
+        .map(|index| event("Counted", json!({ "n": index })))
+        .collect();
+    append_ok(&api, "gauge-1", json!("no_stream"), batch).await;
+    let set = put_json(
+        &api,
+        "/v1/streams/gauge-1/metadata",
+        &json!({ "max_count": 1 }),
+    )
+    .await;
+    assert_eq!(set.status, 200, "{}", set.text());
+
+    // Counted across scavenges: the one that removed them may be followed
+    // by others that find nothing.
+    let scavenged = support::eventually(Duration::from_secs(10), || async {
+        let metrics = node.anonymous().get("/metrics").await.text();
+        metrics.contains("plinth_events_scavenged_total{kind=\"events\"} 3")
+    })
+    .await;
+    assert!(
+        scavenged,
+        "no periodic scavenge removed the hidden events: {}",
+        get_ok(&api, "/v1/admin/events/scavenge").await
+    );
+    assert_eq!(
+        revisions(&get_ok(&api, "/v1/streams/gauge-1").await),
+        vec![3]
+    );
+}
+
+#[tokio::test]
 async fn sse_catch_up_turns_live_without_loss_or_duplication_and_resumes_with_last_event_id() {
     const EVENTS_BEFORE: usize = 150;
     const WRITERS: usize = 4;
