@@ -79,6 +79,7 @@ fn test_config() -> EventsConfig {
         max_append_bytes: 10_000,
         max_read_count: 50,
         scavenge_batch_size: 3,
+        ..EventsConfig::default()
     }
 }
 

@@ -14,13 +14,14 @@
 //!
 //! # Rules
 //!
-//! - One group per tenant runs at a time on a node, in a task of its own,
-//!   so a client that disconnects never cancels the appends of the others
-//!   (its own append still runs: it was sent).
-//! - A group holds at most one append per stream; a second append to the
-//!   same stream waits for the next group, so appends to one stream keep
-//!   their arrival order and each is decided against the stream as the
-//!   previous one left it.
+//! - At most [`GROUPS_IN_FLIGHT_PER_TENANT`] groups of a tenant run at once
+//!   on a node, each in a task of its own, so a client that disconnects
+//!   never cancels the appends of the others (its own append still runs:
+//!   it was sent).
+//! - A group holds at most one append per stream, and no append to a
+//!   stream of a group still running; such an append waits for a later
+//!   group, so appends to one stream keep their arrival order and each is
+//!   decided against the stream as the previous one left it.
 //! - A group is bounded in appends, events and bytes; the first append
 //!   waiting always goes in, whatever its size.
 //! - At most [`MAX_WAITING_APPENDS_PER_TENANT`] appends wait per tenant.
@@ -44,6 +45,11 @@ use crate::validation::PreparedEvent;
 
 /// Appends that may wait for a group, per tenant and node.
 pub(crate) const MAX_WAITING_APPENDS_PER_TENANT: usize = 4096;
+/// Groups of one tenant written at once by a node. With two, the next
+/// group locks its streams while the previous one commits, and its
+/// counter statement waits at the database, so the counter row is never
+/// idle for a round trip between two commits.
+const GROUPS_IN_FLIGHT_PER_TENANT: usize = 2;
 /// At most this many appends commit in one transaction.
 const MAX_APPENDS_PER_GROUP: usize = 256;
 /// At most this many events commit in one transaction (unless the first
@@ -72,28 +78,34 @@ impl PendingAppend {
     }
 }
 
-/// The appends waiting per tenant. A tenant has an entry exactly while a
-/// task runs its groups.
+/// A tenant's appends on this node: those waiting, and the groups being
+/// written. A tenant has an entry exactly while it has a group task.
 #[derive(Default)]
-struct WaitingAppends {
-    by_tenant: HashMap<TenantId, VecDeque<PendingAppend>>,
+struct TenantAppends {
+    waiting: VecDeque<PendingAppend>,
+    group_tasks: usize,
+    /// Streams of the groups being written, which a new group must leave
+    /// out.
+    streams_in_flight: HashSet<StreamName>,
 }
 
+type AppendsByTenant = HashMap<TenantId, TenantAppends>;
+
 pub(crate) struct AppendQueue {
-    waiting: Arc<Mutex<WaitingAppends>>,
+    by_tenant: Arc<Mutex<AppendsByTenant>>,
     writer: Arc<AppendGroupWriter>,
 }
 
 impl AppendQueue {
     pub fn new(writer: AppendGroupWriter) -> Self {
         AppendQueue {
-            waiting: Arc::new(Mutex::new(WaitingAppends::default())),
+            by_tenant: Arc::new(Mutex::new(HashMap::new())),
             writer: Arc::new(writer),
         }
     }
 
-    /// Queues the append for the tenant's next group and waits for its
-    /// outcome.
+    /// Queues the append for one of the tenant's next groups and waits for
+    /// its outcome.
     pub async fn append(
         &self,
         tenant: &TenantId,
@@ -121,53 +133,48 @@ impl AppendQueue {
     }
 
     fn enqueue(&self, tenant: &TenantId, pending: PendingAppend) -> Result<(), Error> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(queue) = waiting.by_tenant.get_mut(tenant) {
-            if queue.len() >= MAX_WAITING_APPENDS_PER_TENANT {
-                return Err(Error::unavailable(
-                    "events_overloaded",
-                    format!(
-                        "{MAX_WAITING_APPENDS_PER_TENANT} appends are already waiting for this tenant's log; retry later"
-                    ),
-                    Duration::from_secs(1),
-                ));
-            }
-            queue.push_back(pending);
+        let mut by_tenant = self
+            .by_tenant
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let appends = by_tenant.entry(tenant.clone()).or_default();
+        if appends.waiting.len() >= MAX_WAITING_APPENDS_PER_TENANT {
+            return Err(Error::unavailable(
+                "events_overloaded",
+                format!(
+                    "{MAX_WAITING_APPENDS_PER_TENANT} appends are already waiting for this tenant's log; retry later"
+                ),
+                Duration::from_secs(1),
+            ));
+        }
+        appends.waiting.push_back(pending);
+        if appends.group_tasks >= GROUPS_IN_FLIGHT_PER_TENANT {
             return Ok(());
         }
-        waiting
-            .by_tenant
-            .insert(tenant.clone(), VecDeque::from([pending]));
-        drop(waiting);
+        appends.group_tasks += 1;
+        drop(by_tenant);
         tokio::spawn(run_groups(
             tenant.clone(),
-            Arc::clone(&self.waiting),
+            Arc::clone(&self.by_tenant),
             Arc::clone(&self.writer),
         ));
         Ok(())
     }
 }
 
-/// Commits the tenant's waiting appends group after group until none
-/// wait, then removes the tenant's entry.
+/// Writes the tenant's waiting appends group after group, until it finds
+/// none it may take; the last task of a tenant with nothing waiting
+/// removes the tenant's entry.
 async fn run_groups(
     tenant: TenantId,
-    waiting: Arc<Mutex<WaitingAppends>>,
+    by_tenant: Arc<Mutex<AppendsByTenant>>,
     writer: Arc<AppendGroupWriter>,
 ) {
     loop {
-        let group = {
-            let mut waiting = waiting.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(queue) = waiting.by_tenant.get_mut(&tenant) else {
-                return;
-            };
-            let group = take_group(queue);
-            if group.is_empty() {
-                waiting.by_tenant.remove(&tenant);
-                return;
-            }
-            group
+        let Some(group) = next_group(&tenant, &by_tenant) else {
+            return;
         };
+        let streams: Vec<StreamName> = group.iter().map(|pending| pending.stream.clone()).collect();
         // A task of its own, so that a panic while writing drops only this
         // group's reply channels (its clients get an error) and the tenant's
         // queue keeps moving.
@@ -175,24 +182,56 @@ async fn run_groups(
         if let Err(join_error) = written.await {
             tracing::error!(error = %join_error, "an append group's task failed");
         }
+        let mut by_tenant = by_tenant.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(appends) = by_tenant.get_mut(&tenant) {
+            for stream in &streams {
+                appends.streams_in_flight.remove(stream);
+            }
+        }
     }
 }
 
+/// Takes the tenant's next group and marks its streams in flight; `None`
+/// (and this task counted out) when no waiting append may go now. An
+/// append left waiting then is for a stream in flight, whose group's task
+/// takes it next.
+fn next_group(tenant: &TenantId, by_tenant: &Mutex<AppendsByTenant>) -> Option<Vec<PendingAppend>> {
+    let mut by_tenant = by_tenant.lock().unwrap_or_else(PoisonError::into_inner);
+    let appends = by_tenant.get_mut(tenant)?;
+    let group = take_group(&mut appends.waiting, &appends.streams_in_flight);
+    if group.is_empty() {
+        appends.group_tasks -= 1;
+        if appends.group_tasks == 0 && appends.waiting.is_empty() {
+            by_tenant.remove(tenant);
+        }
+        return None;
+    }
+    for pending in &group {
+        appends.streams_in_flight.insert(pending.stream.clone());
+    }
+    Some(group)
+}
+
 /// Takes the next group off the front of the queue: oldest first, one
-/// append per stream, within the group's bounds.
-fn take_group(queue: &mut VecDeque<PendingAppend>) -> Vec<PendingAppend> {
+/// append per stream, none for a stream in flight, within the group's
+/// bounds.
+fn take_group(
+    queue: &mut VecDeque<PendingAppend>,
+    streams_in_flight: &HashSet<StreamName>,
+) -> Vec<PendingAppend> {
     let mut group = Vec::new();
     let mut streams_in_group = HashSet::new();
     let mut events_in_group = 0;
     let mut bytes_in_group = 0;
     let mut left_waiting = VecDeque::with_capacity(queue.len());
     while let Some(pending) = queue.pop_front() {
-        let fits = group.is_empty()
+        let stream_is_free = !streams_in_flight.contains(&pending.stream)
+            && !streams_in_group.contains(&pending.stream);
+        let within_bounds = group.is_empty()
             || (group.len() < MAX_APPENDS_PER_GROUP
                 && events_in_group + pending.events.len() <= MAX_EVENTS_PER_GROUP
-                && bytes_in_group + pending.payload_bytes() <= MAX_BYTES_PER_GROUP
-                && !streams_in_group.contains(&pending.stream));
-        if !fits {
+                && bytes_in_group + pending.payload_bytes() <= MAX_BYTES_PER_GROUP);
+        if !(stream_is_free && within_bounds) {
             left_waiting.push_back(pending);
             continue;
         }
@@ -278,16 +317,26 @@ mod tests {
             pending("c", 1),
             pending("b", 1),
         ]);
-        let group = take_group(&mut queue);
+        let group = take_group(&mut queue, &HashSet::new());
         assert_eq!(streams(&group), ["a", "b", "c"]);
         let rest: Vec<PendingAppend> = queue.into_iter().collect();
         assert_eq!(streams(&rest), ["a", "b"]);
     }
 
     #[test]
+    fn a_group_leaves_out_the_streams_of_groups_still_being_written() {
+        let mut queue = VecDeque::from([pending("a", 1), pending("b", 1), pending("c", 1)]);
+        let in_flight = HashSet::from([StreamName::parse("a").unwrap()]);
+        let group = take_group(&mut queue, &in_flight);
+        assert_eq!(streams(&group), ["b", "c"]);
+        let rest: Vec<PendingAppend> = queue.into_iter().collect();
+        assert_eq!(streams(&rest), ["a"]);
+    }
+
+    #[test]
     fn a_group_stops_at_its_event_bound_but_always_takes_the_first_append() {
         let mut queue = VecDeque::from([pending("a", MAX_EVENTS_PER_GROUP + 1), pending("b", 1)]);
-        let group = take_group(&mut queue);
+        let group = take_group(&mut queue, &HashSet::new());
         assert_eq!(streams(&group), ["a"]);
         assert_eq!(queue.len(), 1);
 
@@ -296,7 +345,7 @@ mod tests {
             pending("b", 2),
             pending("c", 1),
         ]);
-        let group = take_group(&mut queue);
+        let group = take_group(&mut queue, &HashSet::new());
         assert_eq!(streams(&group), ["a", "c"]);
     }
 
@@ -306,7 +355,7 @@ mod tests {
         for index in 0..MAX_APPENDS_PER_GROUP + 3 {
             queue.push_back(pending(&format!("s{index}"), 1));
         }
-        let group = take_group(&mut queue);
+        let group = take_group(&mut queue, &HashSet::new());
         assert_eq!(group.len(), MAX_APPENDS_PER_GROUP);
         assert_eq!(queue.len(), 3);
     }
