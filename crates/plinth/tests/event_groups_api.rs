@@ -2,7 +2,7 @@
 //! HTTP: creating and changing groups, competing consumers with disjoint
 //! leases, acks moving the checkpoint, nacks until an event is parked,
 //! listing and replaying parked events, a waiting lease woken by an
-//! append, status numbers, bad input, scopes and tenant isolation, on
+//! append or answered at shutdown, status numbers, bad input, scopes and tenant isolation, on
 //! SQLite and (under `scripts/test.sh`) PostgreSQL.
 
 mod support;
@@ -247,6 +247,42 @@ async fn competing_consumers_ack_nack_park_and_replay_on_postgres() {
     let url = support::isolated_postgres_url(&base_url, "blackbox_event_groups").await;
     let node = Node::start(NodeOptions::dev().env("PLINTH_STORAGE__URL", &url)).await;
     competing_consumers_ack_nack_park_and_replay(&node).await;
+}
+
+#[tokio::test]
+async fn a_waiting_lease_is_answered_when_the_node_shuts_down() {
+    let mut node = Node::start(NodeOptions::dev()).await;
+    let api = node.anonymous();
+    append(&api, "orders-1", &["Placed"]).await;
+    let created = put_group(
+        &api,
+        GROUP,
+        &json!({ "stream": "orders-1", "start_from": "end" }),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+
+    let waiting_api = api.clone();
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        let batch = post_ok(
+            &waiting_api,
+            &format!("/v1/subscriptions/{GROUP}/lease"),
+            &json!({ "consumer": "worker-a", "wait": "20s" }),
+        )
+        .await;
+        (batch, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.send_sigterm();
+    let (batch, waited) = waiting.await.expect("the waiting lease");
+    assert_eq!(leased_positions(&batch), Vec::<u64>::new());
+    assert!(
+        waited < Duration::from_secs(5),
+        "answered at shutdown, not at the end of its wait: {waited:?}"
+    );
+    let exit = node.wait_for_exit(Duration::from_secs(5));
+    assert!(exit.success(), "{exit}");
 }
 
 #[tokio::test]

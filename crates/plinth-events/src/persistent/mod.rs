@@ -54,7 +54,8 @@
 //! first of: a commit of the tenant (`EventStore::subscribe`), an ack,
 //! nack, replay or settings change on this node (which may free capacity
 //! or make events deliverable), the earliest running lease's expiry, or
-//! the deadline; then it tries once more. Commits on other PostgreSQL
+//! the deadline (or the node's shutdown, with `lease_until`); then it
+//! tries once more. Commits on other PostgreSQL
 //! nodes reach the tenant's commit watch through commit signals
 //! (`postgres/commit_signals.rs`); acks, nacks and replays on other nodes
 //! do not, so a lease they would satisfy answers at its deadline.
@@ -244,6 +245,23 @@ impl EventStore {
         group: &GroupName,
         request: &LeaseRequest,
     ) -> Result<LeaseBatch, Error> {
+        self.lease_until(tenant, group, request, std::future::pending())
+            .await
+    }
+
+    /// Like [`lease`](Self::lease), but a wait also ends, with what the
+    /// last attempt found (nothing), when `stop` completes: a node shutting
+    /// down answers its waiting consumers instead of holding its drain
+    /// open. `stop` never interrupts an attempt, so no lease is taken that
+    /// the consumer does not receive.
+    pub async fn lease_until(
+        &self,
+        tenant: &TenantId,
+        group: &GroupName,
+        request: &LeaseRequest,
+        stop: impl Future<Output = ()>,
+    ) -> Result<LeaseBatch, Error> {
+        tokio::pin!(stop);
         ResourceName::parse("consumer", &request.consumer)?;
         let limit = self.read_limit(request.limit)? as usize;
         validate_wait(request.wait)?;
@@ -271,6 +289,7 @@ impl EventStore {
                 }
                 () = &mut activity => {}
                 () = tokio::time::sleep_until(wake_at) => {}
+                () = &mut stop => return Ok(attempt.batch),
             }
         }
     }

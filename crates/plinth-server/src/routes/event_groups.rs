@@ -266,7 +266,13 @@ pub async fn lease_events(
             state.config.server.request_timeout.as_duration(),
         ),
     );
-    let batch = store.lease(&principal.tenant, &group, &request).await?;
+    let mut shutdown = state.shutdown.clone();
+    let node_shuts_down = async move {
+        let _ = shutdown.wait_for(|shutting_down| *shutting_down).await;
+    };
+    let batch = store
+        .lease_until(&principal.tenant, &group, &request, node_shuts_down)
+        .await?;
     Ok(Json(batch))
 }
 
