@@ -209,6 +209,23 @@ async fn competing_consumers_ack_nack_park_and_replay(node: &Node) {
         (json!(0), json!(0), json!(5)),
         "{done}"
     );
+    let metrics = node.anonymous().get("/metrics").await.text();
+    for series in [
+        "plinth_events_group_events_parked_total 1",
+        "plinth_events_group_events_replayed_total 1",
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
+    for counter in [
+        "plinth_events_group_events_leased_total",
+        "plinth_events_group_events_acked_total",
+        "plinth_events_group_events_retried_total",
+    ] {
+        assert!(
+            metrics.contains(&format!("{counter} ")),
+            "{counter} in {metrics}"
+        );
+    }
 
     // Only settings change on an existing group.
     let changed = put_group(

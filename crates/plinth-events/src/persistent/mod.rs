@@ -335,6 +335,7 @@ impl EventStore {
             return Err(Error::internal("a lease did not answer with leased events"));
         };
         let events = self.leased_events(tenant, group, slots).await?;
+        metrics::counter!("plinth_events_group_events_leased_total").increment(events.len() as u64);
         Ok(LeaseAttempt {
             batch: LeaseBatch { events },
             next_lease_expiry_micros,
@@ -413,6 +414,8 @@ impl EventStore {
         match self.groups.change_group(tenant, group, change).await? {
             None => Err(group_not_found(group)),
             Some(GroupChangeOutcome::Acked(outcome)) => {
+                metrics::counter!("plinth_events_group_events_acked_total")
+                    .increment(outcome.acked.len() as u64);
                 self.group_activity.notify_waiters();
                 Ok(outcome)
             }
@@ -436,6 +439,10 @@ impl EventStore {
         match self.groups.change_group(tenant, group, change).await? {
             None => Err(group_not_found(group)),
             Some(GroupChangeOutcome::Nacked(outcome)) => {
+                metrics::counter!("plinth_events_group_events_retried_total")
+                    .increment(outcome.retrying.len() as u64);
+                metrics::counter!("plinth_events_group_events_parked_total")
+                    .increment(outcome.parked.len() as u64);
                 self.group_activity.notify_waiters();
                 Ok(outcome)
             }
@@ -501,6 +508,7 @@ impl EventStore {
                 MAX_POSITIONS_PER_CALL as i64,
             )
             .await?;
+        metrics::counter!("plinth_events_group_events_replayed_total").increment(replayed);
         self.group_activity.notify_waiters();
         Ok(ReplayOutcome { replayed })
     }
