@@ -22,6 +22,7 @@ use tempfile::TempDir;
 use uuid::Uuid;
 
 use crate::clock::ManualClock;
+use crate::export::{ExportLine, ExportRecord};
 use crate::migrations::{EVENTS_MIGRATIONS, micros_to_time};
 use crate::model::{
     AllFilter, AppendError, AppendRequest, AppendResult, AsOf, DeleteMode, ExpectedVersion,
@@ -144,6 +145,7 @@ macro_rules! conformance_suite {
                 scavenge_removes_hidden_events_in_batches_and_chains_still_verify,
                 verify_reports_tampering_and_missing_events_precisely,
                 export_then_import_round_trips_and_repeats_idempotently,
+                export_then_import_keeps_stream_states_and_snapshots,
                 tenants_cannot_see_or_touch_each_others_streams,
                 subscribers_are_woken_by_commits,
                 concurrent_writers_leave_no_gaps_and_readers_never_skip_ahead,
@@ -1121,13 +1123,12 @@ async fn scavenge_removes_hidden_events_in_batches_and_chains_still_verify(backe
     assert!(report.batches >= 4, "batches of 3: {report:?}");
     assert_eq!(progress.report(), report);
     assert_eq!(all_positions(backend, "acme").await, visible_before);
-    let stored: Vec<_> = backend
-        .events
-        .export(&acme, None)
-        .try_collect()
+    let stored_events = export_lines(backend, "acme", None)
         .await
-        .expect("export");
-    assert_eq!(stored.len(), 2 + 1);
+        .into_iter()
+        .filter(|line| matches!(line, ExportLine::Event(_)))
+        .count();
+    assert_eq!(stored_events, 2 + 1);
 
     let verified = backend.events.verify(&acme).await.expect("verify");
     assert!(verified.is_intact(), "{verified:?}");
@@ -1208,24 +1209,35 @@ async fn verify_reports_tampering_and_missing_events_precisely(backend: &Backend
     );
 }
 
+fn exported_event(line: &ExportLine) -> &ExportRecord {
+    match line {
+        ExportLine::Event(record) => record,
+        other => panic!("expected an event line, got {other:?}"),
+    }
+}
+
+async fn export_lines(backend: &Backend, tenant_id: &str, only: Option<&str>) -> Vec<ExportLine> {
+    backend
+        .events
+        .export(&tenant(tenant_id), only.map(stream))
+        .try_collect()
+        .await
+        .expect("export")
+}
+
 async fn export_then_import_round_trips_and_repeats_idempotently(backend: &Backend) {
-    let acme = tenant("acme");
     let copy = tenant("copy");
     append_ok(backend, "a", ExpectedVersion::Any, events(3)).await;
     append_ok(backend, "b", ExpectedVersion::Any, events(2)).await;
     append_ok(backend, "a", ExpectedVersion::Any, events(1)).await;
-    let exported: Vec<_> = backend
-        .events
-        .export(&acme, None)
-        .try_collect()
-        .await
-        .expect("export");
-    assert_eq!(exported.len(), 6);
+    let exported = export_lines(backend, "acme", None).await;
+    assert_eq!(exported.len(), 6, "only events: {exported:?}");
     let lines: Vec<String> = exported
         .iter()
-        .map(|record| serde_json::to_string(record).expect("one JSON line"))
+        .map(|line| serde_json::to_string(line).expect("one JSON line"))
         .collect();
-    let parsed: Vec<crate::export::ExportRecord> = lines
+    assert!(lines[0].contains(r#""kind":"event""#), "{}", lines[0]);
+    let parsed: Vec<ExportLine> = lines
         .iter()
         .map(|line| serde_json::from_str(line).expect("parse a line"))
         .collect();
@@ -1243,19 +1255,17 @@ async fn export_then_import_round_trips_and_repeats_idempotently(backend: &Backe
         .await
         .expect("import again");
     assert_eq!((again.imported, again.skipped), (0, 6));
-    let copied: Vec<_> = backend
-        .events
-        .export(&copy, None)
-        .try_collect()
-        .await
-        .expect("export copy");
-    let hashes = |records: &[crate::export::ExportRecord]| -> Vec<(String, u64, String)> {
-        records
+    let hashes = |lines: &[ExportLine]| -> Vec<(String, u64, String)> {
+        lines
             .iter()
+            .map(exported_event)
             .map(|record| (record.stream.clone(), record.revision, record.hash.clone()))
             .collect()
     };
-    assert_eq!(hashes(&copied), hashes(&exported));
+    assert_eq!(
+        hashes(&export_lines(backend, "copy", None).await),
+        hashes(&exported)
+    );
     assert!(
         backend
             .events
@@ -1269,18 +1279,15 @@ async fn export_then_import_round_trips_and_repeats_idempotently(backend: &Backe
         .expect("append");
     assert_eq!(continued.events[0].revision, 4);
 
-    let only_b: Vec<_> = backend
-        .events
-        .export(&acme, Some(stream("b")))
-        .try_collect()
-        .await
-        .expect("export one stream");
-    assert_eq!(only_b.len(), 2);
+    assert_eq!(export_lines(backend, "acme", Some("b")).await.len(), 2);
 
-    let mut altered = parsed[0].clone();
+    let mut altered = exported_event(&parsed[0]).clone();
     altered.data = json!({ "number": 1000 });
     assert_error(
-        backend.events.import(&tenant("third"), vec![altered]).await,
+        backend
+            .events
+            .import(&tenant("third"), vec![ExportLine::Event(altered)])
+            .await,
         ErrorKind::InvalidArgument,
         "import_hash_mismatch",
     );
@@ -1295,6 +1302,109 @@ async fn export_then_import_round_trips_and_repeats_idempotently(backend: &Backe
         ErrorKind::InvalidArgument,
         "import_out_of_order",
     );
+}
+
+/// Retention, deletions and snapshots travel with the events, so a
+/// restored tenant reads exactly like the original.
+async fn export_then_import_keeps_stream_states_and_snapshots(backend: &Backend) {
+    let acme = tenant("acme");
+    append_ok(backend, "kept", ExpectedVersion::Any, events(4)).await;
+    append_ok(backend, "soft", ExpectedVersion::Any, events(2)).await;
+    append_ok(backend, "hard", ExpectedVersion::Any, events(1)).await;
+    backend
+        .events
+        .set_stream_metadata(
+            &acme,
+            &stream("kept"),
+            StreamMetadata {
+                max_count: Some(2),
+                ..StreamMetadata::default()
+            },
+        )
+        .await
+        .expect("metadata");
+    backend
+        .events
+        .save_snapshot(
+            &acme,
+            &stream("kept"),
+            NewSnapshot {
+                revision: 3,
+                data: json!({ "total": 6 }),
+                schema_version: 1,
+            },
+        )
+        .await
+        .expect("snapshot");
+    for (name, mode) in [("soft", DeleteMode::Soft), ("hard", DeleteMode::Hard)] {
+        backend
+            .events
+            .delete_stream(&acme, &stream(name), mode, ExpectedVersion::Any)
+            .await
+            .expect("delete");
+    }
+
+    let exported = export_lines(backend, "acme", None).await;
+    let trailer: Vec<&ExportLine> = exported
+        .iter()
+        .filter(|line| !matches!(line, ExportLine::Event(_)))
+        .collect();
+    assert_eq!(
+        trailer.len(),
+        4,
+        "three stream states and one snapshot: {trailer:?}"
+    );
+    assert!(
+        matches!(exported.last(), Some(line) if !matches!(line, ExportLine::Event(_))),
+        "events come first"
+    );
+
+    let copy = tenant("copy");
+    for attempt in 0..2 {
+        let report = backend
+            .events
+            .import(&copy, exported.clone())
+            .await
+            .expect("import");
+        assert_eq!(
+            (report.streams, report.snapshots),
+            (3, 1),
+            "attempt {attempt}"
+        );
+    }
+    for name in ["kept", "soft", "hard"] {
+        let original = backend.events.stream_info(&acme, &stream(name)).await;
+        let restored = backend.events.stream_info(&copy, &stream(name)).await;
+        assert_eq!(
+            format!("{restored:?}"),
+            format!("{original:?}"),
+            "stream {name}"
+        );
+    }
+    assert_eq!(revisions(backend, "copy", "kept").await, vec![2, 3]);
+    let snapshot = backend
+        .events
+        .read_snapshot(&copy, &stream("kept"))
+        .await
+        .expect("read the snapshot")
+        .expect("the snapshot came along");
+    assert_eq!(snapshot.revision, 3);
+    assert_eq!(snapshot.data, json!({ "total": 6 }));
+    assert_append_error(
+        append(backend, "copy", "hard", ExpectedVersion::Any, events(1)).await,
+        ErrorKind::NotFound,
+        "stream_deleted",
+    );
+    let recreated = append(
+        backend,
+        "copy",
+        "soft",
+        ExpectedVersion::NoStream,
+        events(1),
+    )
+    .await
+    .expect("a soft-deleted stream is re-created");
+    assert_eq!(recreated.events[0].revision, 2);
 }
 
 async fn tenants_cannot_see_or_touch_each_others_streams(backend: &Backend) {

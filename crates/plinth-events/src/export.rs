@@ -1,15 +1,21 @@
-//! Export and import of events as self-contained records, one JSON object
-//! per line when serialised (`serde_json::to_string` per record).
+//! Export and import of a tenant's events (or one stream's) as
+//! self-contained lines, one JSON object each when serialised
+//! (`serde_json::to_string` per [`ExportLine`]).
 //!
-//! A record carries everything needed to check it on its own: ids,
-//! revision, original position, recorded time, the hash of its predecessor
-//! and its own hash. Export walks the stored events in position order
-//! (hidden but not yet scavenged events included, so chains stay whole).
-//! Import re-checks each record's hash, then writes it at its revision
-//! with a new position in the target tenant's log; a record already
-//! imported (same id and hash at that revision) is skipped, so an import
-//! can be repeated or resumed after a failure. Stream metadata and
-//! snapshots are not exported.
+//! Events come first, in position order (hidden but not yet scavenged
+//! events included, so chains stay whole). An event line carries
+//! everything needed to check it on its own: ids, revision, original
+//! position, recorded time, the hash of its predecessor and its own hash.
+//! After every event come a `stream` line for each stream whose retention
+//! or deletion state is not the default, and a `snapshot` line for each
+//! stream that has one, so a restore keeps what reads hide and what
+//! readers start from.
+//!
+//! Import re-checks each event's hash, then writes it at its revision with
+//! a new position in the target tenant's log; an event already imported
+//! (same id and hash at that revision) is skipped. Stream states and
+//! snapshots are applied as they are, so an import can be repeated or
+//! resumed after a failure.
 
 use std::collections::HashMap;
 
@@ -22,14 +28,48 @@ use uuid::Uuid;
 
 use crate::chain::{ChainLink, hash_from_hex};
 use crate::migrations::time_to_micros;
-use crate::model::{RecordedEvent, StreamName};
-use crate::rules::StreamRecord;
+use crate::model::{
+    AppendError, DeleteMode, ExpectedVersion, RecordedEvent, StreamMetadata, StreamName,
+    StreamStatus,
+};
+use crate::rules::{StreamChange, StreamRecord};
 use crate::service::EventStore;
-use crate::store::{ImportOutcome, ImportedEvent};
+use crate::store::{ImportOutcome, ImportedEvent, SnapshotWrite};
 use crate::validation::{PreparedEvent, validate_event_type};
 
 const EXPORT_PAGE_SIZE: i64 = 500;
 
+/// One line of an export.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExportLine {
+    Event(ExportRecord),
+    Stream(StreamExport),
+    Snapshot(SnapshotExport),
+}
+
+/// A stream's retention and deletion state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamExport {
+    pub stream: String,
+    pub metadata: StreamMetadata,
+    pub status: StreamStatus,
+}
+
+/// A stream's latest snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotExport {
+    pub stream: String,
+    pub revision: u64,
+    pub schema_version: u32,
+    pub data: Value,
+    #[serde(with = "time::serde::rfc3339")]
+    pub recorded_at: OffsetDateTime,
+}
+
+/// An exported event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportRecord {
@@ -53,9 +93,13 @@ pub struct ExportRecord {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ImportReport {
+    /// Events written.
     pub imported: u64,
-    /// Records already present (an import repeated or resumed).
+    /// Events already present (an import repeated or resumed).
     pub skipped: u64,
+    /// Stream states applied (retention, deletion).
+    pub streams: u64,
+    pub snapshots: u64,
 }
 
 /// Where an export is.
@@ -128,42 +172,100 @@ impl ExportCursor<'_> {
 }
 
 impl EventStore {
-    /// Every stored event of `tenant` (or of one stream), in position order.
+    /// Every stored event of `tenant` (or of one stream), in position
+    /// order, then the streams' states and snapshots.
     pub fn export(
         &self,
         tenant: &TenantId,
         stream: Option<StreamName>,
-    ) -> impl Stream<Item = Result<ExportRecord, Error>> + Send + '_ {
+    ) -> impl Stream<Item = Result<ExportLine, Error>> + Send + '_ {
         let cursor = ExportCursor {
             store: self,
             tenant: tenant.clone(),
-            stream,
+            stream: stream.clone(),
             after_position: None,
             chain_starts: None,
             previous_hashes: HashMap::new(),
         };
-        stream::try_unfold(cursor, |mut cursor| async move {
+        let events = stream::try_unfold(cursor, |mut cursor| async move {
             let page = cursor.next_page().await?;
             Ok::<_, Error>(page.map(|records| (records, cursor)))
         })
-        .map_ok(|records| stream::iter(records.into_iter().map(Ok)))
-        .try_flatten()
-        .boxed()
+        .map_ok(|records| {
+            stream::iter(
+                records
+                    .into_iter()
+                    .map(|record| Ok(ExportLine::Event(record))),
+            )
+        })
+        .try_flatten();
+        let tenant = tenant.clone();
+        let trailer =
+            stream::once(async move { self.export_trailer(&tenant, stream.as_ref()).await })
+                .map_ok(|lines| stream::iter(lines.into_iter().map(Ok)))
+                .try_flatten();
+        events.chain(trailer).boxed()
     }
 
-    /// Writes exported records into `tenant`, in order, skipping those
-    /// already there. Stops at the first record that cannot be imported.
+    /// The stream and snapshot lines that follow the events.
+    async fn export_trailer(
+        &self,
+        tenant: &TenantId,
+        only_stream: Option<&StreamName>,
+    ) -> Result<Vec<ExportLine>, Error> {
+        let mut records = self.backend.stream_records(tenant).await?;
+        if let Some(only_stream) = only_stream {
+            records.retain(|(name, _)| name == only_stream.as_str());
+        }
+        let mut lines = Vec::new();
+        for (name, record) in records {
+            let status = record.status();
+            if status != StreamStatus::Active || record.metadata != StreamMetadata::default() {
+                lines.push(ExportLine::Stream(StreamExport {
+                    stream: name.clone(),
+                    metadata: record.metadata.clone(),
+                    status,
+                }));
+            }
+            let stream = StreamName::parse(&name)?;
+            if let Some(snapshot) = self.backend.read_snapshot(tenant, &stream).await? {
+                lines.push(ExportLine::Snapshot(SnapshotExport {
+                    stream: name,
+                    revision: snapshot.revision,
+                    schema_version: snapshot.schema_version,
+                    data: snapshot.data,
+                    recorded_at: snapshot.recorded_at,
+                }));
+            }
+        }
+        Ok(lines)
+    }
+
+    /// Writes exported lines into `tenant`, in order, skipping events
+    /// already there. Stops at the first line that cannot be imported.
     pub async fn import(
         &self,
         tenant: &TenantId,
-        records: impl IntoIterator<Item = ExportRecord>,
+        lines: impl IntoIterator<Item = ExportLine>,
     ) -> Result<ImportReport, Error> {
         let mut report = ImportReport::default();
-        for record in records {
-            let event = checked_import(record)?;
-            match self.backend.import_event(tenant, event).await? {
-                ImportOutcome::Imported => report.imported += 1,
-                ImportOutcome::AlreadyPresent => report.skipped += 1,
+        for line in lines {
+            match line {
+                ExportLine::Event(record) => {
+                    let event = checked_import(record)?;
+                    match self.backend.import_event(tenant, event).await? {
+                        ImportOutcome::Imported => report.imported += 1,
+                        ImportOutcome::AlreadyPresent => report.skipped += 1,
+                    }
+                }
+                ExportLine::Stream(state) => {
+                    self.import_stream_state(tenant, state).await?;
+                    report.streams += 1;
+                }
+                ExportLine::Snapshot(snapshot) => {
+                    self.import_snapshot(tenant, snapshot).await?;
+                    report.snapshots += 1;
+                }
             }
         }
         if report.imported > 0
@@ -172,6 +274,84 @@ impl EventStore {
             self.notify_committed(tenant, head);
         }
         Ok(report)
+    }
+}
+
+impl EventStore {
+    /// Gives the stream the exported retention and deletion state. Applying
+    /// it twice changes nothing.
+    async fn import_stream_state(
+        &self,
+        tenant: &TenantId,
+        state: StreamExport,
+    ) -> Result<(), Error> {
+        let stream = StreamName::parse(&state.stream)?;
+        let current = self
+            .backend
+            .stream_record(tenant, &stream)
+            .await?
+            .unwrap_or_else(StreamRecord::absent);
+        if current.tombstoned {
+            if state.status == StreamStatus::Tombstoned {
+                return Ok(());
+            }
+            return Err(crate::rules::stream_deleted(&stream));
+        }
+        if current.metadata != state.metadata {
+            self.backend
+                .change_stream(tenant, &stream, StreamChange::SetMetadata(state.metadata))
+                .await
+                .map_err(AppendError::into_error)?;
+        }
+        let deletion = match state.status {
+            StreamStatus::Active => None,
+            // Already deleted; or every event of it was scavenged before the
+            // export, so there is nothing to hide and it stays absent.
+            StreamStatus::SoftDeleted
+                if current.soft_deleted || current.last_revision.is_none() =>
+            {
+                None
+            }
+            StreamStatus::SoftDeleted => Some(DeleteMode::Soft),
+            StreamStatus::Tombstoned => Some(DeleteMode::Hard),
+        };
+        let Some(mode) = deletion else {
+            return Ok(());
+        };
+        self.backend
+            .change_stream(
+                tenant,
+                &stream,
+                StreamChange::Delete {
+                    mode,
+                    expected_version: ExpectedVersion::Any,
+                },
+            )
+            .await
+            .map_err(AppendError::into_error)?;
+        Ok(())
+    }
+
+    async fn import_snapshot(
+        &self,
+        tenant: &TenantId,
+        snapshot: SnapshotExport,
+    ) -> Result<(), Error> {
+        let stream = StreamName::parse(&snapshot.stream)?;
+        let data = serde_json::to_string(&snapshot.data)
+            .map_err(|error| Error::internal(format!("encoding an imported snapshot: {error}")))?;
+        self.backend
+            .save_snapshot(
+                tenant,
+                &stream,
+                SnapshotWrite {
+                    revision: snapshot.revision,
+                    schema_version: snapshot.schema_version,
+                    data,
+                    recorded_at_micros: time_to_micros(snapshot.recorded_at),
+                },
+            )
+            .await
     }
 }
 

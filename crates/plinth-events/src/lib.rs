@@ -34,7 +34,7 @@ mod verify;
 
 pub use chain::GENESIS_HASH;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use export::{ExportRecord, ImportReport};
+pub use export::{ExportLine, ExportRecord, ImportReport, SnapshotExport, StreamExport};
 pub use migrations::EVENTS_MIGRATIONS;
 pub use model::{
     AllFilter, AllSlice, AppendError, AppendRequest, AppendResult, AppendedEvent, AsOf, DeleteMode,

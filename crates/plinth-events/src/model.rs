@@ -446,7 +446,7 @@ pub struct StreamMetadata {
 }
 
 /// What a stream is, as seen from its record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamStatus {
     Active,

@@ -438,9 +438,8 @@ pub(crate) fn plan_import(
     event: &crate::store::ImportedEvent,
 ) -> Result<ImportPlan, Error> {
     let stream = &event.stream;
-    if record.tombstoned {
-        return Err(stream_deleted(stream));
-    }
+    // Checked before the tombstone, so that repeating the import of a
+    // stream deleted since (or in the export) skips what it holds.
     if record
         .last_revision
         .is_some_and(|last_revision| event.revision <= last_revision)
@@ -460,6 +459,9 @@ pub(crate) fn plan_import(
                 ),
             )),
         };
+    }
+    if record.tombstoned {
+        return Err(stream_deleted(stream));
     }
     let mut record_after = record.clone();
     let starts_fresh_stream_midway = record.last_revision.is_none()

@@ -6,9 +6,10 @@
 //!
 //! - `verify` checks every tenant's hash chains and global log (or one
 //!   tenant's) and prints each problem found; it exits with 1 when any.
-//! - `export` writes a tenant's stored events (or one stream's) as JSON
-//!   lines of `plinth_events::ExportRecord`, to stdout or a file.
-//! - `import` writes such a file into a tenant; records already there are
+//! - `export` writes a tenant's stored events (or one stream's), then its
+//!   streams' retention and deletion states and snapshots, as JSON lines
+//!   of `plinth_events::ExportLine`, to stdout or a file.
+//! - `import` writes such a file into a tenant; events already there are
 //!   skipped, so an import can be repeated or resumed.
 //! - `replay` reads a tenant's global log from a position, as JSON lines
 //!   to stdout or POSTed one by one, in order, to an HTTP endpoint; it
@@ -25,7 +26,7 @@ use plinth_core::TenantId;
 use plinth_core::config::PlinthConfig;
 use plinth_engines::Store;
 use plinth_events::{
-    AllFilter, EVENTS_MIGRATIONS, EventStore, ExportRecord, ReadAllRequest, RecordedEvent,
+    AllFilter, EVENTS_MIGRATIONS, EventStore, ExportLine, ReadAllRequest, RecordedEvent,
     StreamName, VerifyReport,
 };
 
@@ -207,18 +208,24 @@ async fn export(events: &EventStore, arguments: ExportArguments) -> anyhow::Resu
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let mut records = events.export(&tenant, stream);
-    let mut exported = 0u64;
-    while let Some(record) = records
+    let mut lines = events.export(&tenant, stream);
+    let mut exported_events = 0u64;
+    let mut other_lines = 0u64;
+    while let Some(line) = lines
         .try_next()
         .await
         .map_err(|error| anyhow::anyhow!("{error}"))?
     {
-        write_json_line(&mut output, &record)?;
-        exported += 1;
+        write_json_line(&mut output, &line)?;
+        match line {
+            ExportLine::Event(_) => exported_events += 1,
+            ExportLine::Stream(_) | ExportLine::Snapshot(_) => other_lines += 1,
+        }
     }
     output.flush().context("cannot write the export")?;
-    eprintln!("exported {exported} events of tenant `{tenant}`");
+    eprintln!(
+        "exported {exported_events} events of tenant `{tenant}` and {other_lines} stream states and snapshots"
+    );
     Ok(())
 }
 
@@ -231,8 +238,7 @@ async fn import(events: &EventStore, arguments: ImportArguments) -> anyhow::Resu
     let tenant = parse_tenant(&arguments.tenant)?;
     let file = std::fs::File::open(&arguments.file)
         .with_context(|| format!("cannot open {}", arguments.file.display()))?;
-    let mut imported = 0u64;
-    let mut skipped = 0u64;
+    let mut total = plinth_events::ImportReport::default();
     let mut batch = Vec::with_capacity(IMPORT_BATCH_SIZE);
     let mut line_number = 0u64;
     for line in BufReader::new(file).lines() {
@@ -244,25 +250,34 @@ async fn import(events: &EventStore, arguments: ImportArguments) -> anyhow::Resu
         batch.push(parse_record(&arguments.file, line_number, &line)?);
         if batch.len() == IMPORT_BATCH_SIZE {
             let report =
-                import_batch(events, &tenant, std::mem::take(&mut batch), imported).await?;
-            imported += report.imported;
-            skipped += report.skipped;
+                import_batch(events, &tenant, std::mem::take(&mut batch), total.imported).await?;
+            add_to_total(&mut total, report);
         }
     }
-    let report = import_batch(events, &tenant, batch, imported).await?;
-    imported += report.imported;
-    skipped += report.skipped;
+    let report = import_batch(events, &tenant, batch, total.imported).await?;
+    add_to_total(&mut total, report);
     println!(
-        "{}: {imported} events imported into tenant `{tenant}`, {skipped} already present",
-        arguments.file.display()
+        "{}: {} events imported into tenant `{tenant}`, {} already present, {} stream states and {} snapshots applied",
+        arguments.file.display(),
+        total.imported,
+        total.skipped,
+        total.streams,
+        total.snapshots,
     );
     Ok(())
 }
 
-fn parse_record(file: &Path, line_number: u64, line: &str) -> anyhow::Result<ExportRecord> {
+fn add_to_total(total: &mut plinth_events::ImportReport, report: plinth_events::ImportReport) {
+    total.imported += report.imported;
+    total.skipped += report.skipped;
+    total.streams += report.streams;
+    total.snapshots += report.snapshots;
+}
+
+fn parse_record(file: &Path, line_number: u64, line: &str) -> anyhow::Result<ExportLine> {
     serde_json::from_str(line).with_context(|| {
         format!(
-            "{} line {line_number} is not an export record",
+            "{} line {line_number} is not an export line",
             file.display()
         )
     })
@@ -271,7 +286,7 @@ fn parse_record(file: &Path, line_number: u64, line: &str) -> anyhow::Result<Exp
 async fn import_batch(
     events: &EventStore,
     tenant: &TenantId,
-    batch: Vec<ExportRecord>,
+    batch: Vec<ExportLine>,
     imported_before: u64,
 ) -> anyhow::Result<plinth_events::ImportReport> {
     events.import(tenant, batch).await.map_err(|error| {

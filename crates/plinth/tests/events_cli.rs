@@ -191,7 +191,7 @@ async fn export_then_import_twice_is_idempotent() {
     );
     assert_eq!(refused.status.code(), Some(1));
     assert!(
-        refused.stderr.contains("line 1 is not an export record"),
+        refused.stderr.contains("line 1 is not an export line"),
         "{}",
         refused.all_output()
     );
