@@ -12,8 +12,10 @@
 //! readers start from.
 //!
 //! Import re-checks each event's hash, then writes it at its revision with
-//! a new position in the target tenant's log; an event already imported
-//! (same id and hash at that revision) is skipped. Stream states and
+//! a new position in the target tenant's log, up to
+//! [`EVENTS_PER_IMPORT_TRANSACTION`] events per transaction (all of them
+//! or none); an event already imported (same id and hash at that
+//! revision) is skipped. Stream states and
 //! snapshots are applied as they are, so an import can be repeated or
 //! resumed after a failure.
 
@@ -38,6 +40,9 @@ use crate::store::{ImportOutcome, ImportedEvent, SnapshotWrite};
 use crate::validation::{PreparedEvent, validate_event_type};
 
 const EXPORT_PAGE_SIZE: i64 = 500;
+/// Events imported per transaction: one commit (one flush) for many
+/// events, and a transaction short enough not to hold appends up.
+const EVENTS_PER_IMPORT_TRANSACTION: usize = 500;
 
 /// One line of an export.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -249,25 +254,32 @@ impl EventStore {
         lines: impl IntoIterator<Item = ExportLine>,
     ) -> Result<ImportReport, Error> {
         let mut report = ImportReport::default();
+        let mut events = Vec::with_capacity(EVENTS_PER_IMPORT_TRANSACTION);
         for line in lines {
             match line {
                 ExportLine::Event(record) => {
-                    let event = checked_import(record)?;
-                    match self.backend.import_event(tenant, event).await? {
-                        ImportOutcome::Imported => report.imported += 1,
-                        ImportOutcome::AlreadyPresent => report.skipped += 1,
+                    events.push(checked_import(record)?);
+                    if events.len() == EVENTS_PER_IMPORT_TRANSACTION {
+                        self.import_event_batch(tenant, std::mem::take(&mut events), &mut report)
+                            .await?;
                     }
                 }
                 ExportLine::Stream(state) => {
+                    // A stream's state applies to the events before it.
+                    self.import_event_batch(tenant, std::mem::take(&mut events), &mut report)
+                        .await?;
                     self.import_stream_state(tenant, state).await?;
                     report.streams += 1;
                 }
                 ExportLine::Snapshot(snapshot) => {
+                    self.import_event_batch(tenant, std::mem::take(&mut events), &mut report)
+                        .await?;
                     self.import_snapshot(tenant, snapshot).await?;
                     report.snapshots += 1;
                 }
             }
         }
+        self.import_event_batch(tenant, events, &mut report).await?;
         if report.imported > 0
             && let Some(head) = self.backend.head_position(tenant).await?
         {
@@ -278,6 +290,24 @@ impl EventStore {
 }
 
 impl EventStore {
+    async fn import_event_batch(
+        &self,
+        tenant: &TenantId,
+        events: Vec<ImportedEvent>,
+        report: &mut ImportReport,
+    ) -> Result<(), Error> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        for outcome in self.backend.import_events(tenant, events).await? {
+            match outcome {
+                ImportOutcome::Imported => report.imported += 1,
+                ImportOutcome::AlreadyPresent => report.skipped += 1,
+            }
+        }
+        Ok(())
+    }
+
     /// Gives the stream the exported retention and deletion state. Applying
     /// it twice changes nothing.
     async fn import_stream_state(

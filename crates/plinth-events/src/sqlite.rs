@@ -833,15 +833,19 @@ impl EventBackend for SqliteEventBackend {
             .await
     }
 
-    async fn import_event(
+    async fn import_events(
         &self,
         tenant: &TenantId,
-        event: ImportedEvent,
-    ) -> Result<ImportOutcome, Error> {
+        events: Vec<ImportedEvent>,
+    ) -> Result<Vec<ImportOutcome>, Error> {
         let tenant = tenant.as_str().to_string();
         self.engine
             .write("events_import", move |connection| {
-                import_in_job(connection, &tenant, &event)
+                let mut outcomes = Vec::with_capacity(events.len());
+                for event in &events {
+                    outcomes.push(import_in_job(connection, &tenant, event)?);
+                }
+                Ok(outcomes)
             })
             .await
     }

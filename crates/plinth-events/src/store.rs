@@ -172,11 +172,12 @@ pub(crate) trait EventBackend: Send + Sync {
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, Error>;
 
-    async fn import_event(
+    /// Writes exported events in order, in one transaction: all or none.
+    async fn import_events(
         &self,
         tenant: &TenantId,
-        event: ImportedEvent,
-    ) -> Result<ImportOutcome, Error>;
+        events: Vec<ImportedEvent>,
+    ) -> Result<Vec<ImportOutcome>, Error>;
 
     /// Every tenant whose log has an event, by id.
     async fn log_tenants(&self) -> Result<Vec<String>, Error>;

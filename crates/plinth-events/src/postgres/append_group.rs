@@ -41,7 +41,7 @@ use crate::rules::{AppendPlan, ExistingEvent, PlannedWrite, StreamRecord, plan_a
 // New streams' rows, so there is a row to lock; returns the streams it
 // created. Inserted in name order, like the locks below: two groups that
 // create the same streams wait on each other's inserts in one order.
-const ENSURE_STREAMS: &str = "INSERT INTO plinth_events_streams
+pub(super) const ENSURE_STREAMS: &str = "INSERT INTO plinth_events_streams
         (tenant, stream, last_revision, last_position, last_hash, visible_from_revision,
          soft_deleted, tombstoned, scavenged_before_revision, scavenged_anchor_hash)
      SELECT $1, new_stream, -1, -1, $3, 0, FALSE, FALSE, 0, $3
@@ -50,7 +50,7 @@ const ENSURE_STREAMS: &str = "INSERT INTO plinth_events_streams
      ON CONFLICT (tenant, stream) DO NOTHING
      RETURNING stream";
 
-fn lock_streams_sql() -> String {
+pub(super) fn lock_streams_sql() -> String {
     format!(
         "SELECT stream, {STREAM_COLUMNS} FROM plinth_events_streams
          WHERE tenant = $1 AND stream = ANY($2::text[])

@@ -48,6 +48,7 @@ mod append_group;
 mod append_queue;
 mod commit_signals;
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
@@ -76,7 +77,7 @@ use crate::store::{
     StreamEventsQuery, StreamKey,
 };
 use crate::validation::PreparedEvent;
-use append_group::AppendGroupWriter;
+use append_group::{AppendGroupWriter, ENSURE_STREAMS, lock_streams_sql};
 use append_queue::AppendQueue;
 use commit_signals::CommitSignals;
 
@@ -705,21 +706,21 @@ impl EventBackend for PostgresEventBackend {
         recorded_events(rows)
     }
 
-    async fn import_event(
+    async fn import_events(
         &self,
         tenant: &TenantId,
-        event: ImportedEvent,
-    ) -> Result<ImportOutcome, Error> {
+        events: Vec<ImportedEvent>,
+    ) -> Result<Vec<ImportOutcome>, Error> {
         let tenant = tenant.as_str();
-        let stream = event.stream.as_str();
         let mut client = self.engine.acquire().await?;
+        let lock_streams = lock_streams_sql();
         let [ensure, lock, stored_at, upsert, advance, insert] = self
             .prepare(
                 &client,
                 "events_import_prepare",
                 [
-                    ENSURE_STREAM,
-                    &lock_stream_sql(),
+                    ENSURE_STREAMS,
+                    &lock_streams,
                     "SELECT event_id, hash FROM plinth_events_events
                      WHERE tenant = $1 AND stream = $2 AND revision = $3",
                     UPSERT_STREAM,
@@ -732,71 +733,104 @@ impl EventBackend for PostgresEventBackend {
             .engine
             .run("events_import_begin", client.transaction())
             .await?;
-        let record = self
-            .lock_stream(&transaction, &ensure, &lock, tenant, stream)
-            .await?;
-        let revision = to_column(event.revision, "revision")?;
-        let stored = self
-            .engine
-            .run(
-                "events_import_stored",
-                transaction.query_opt(&stored_at, &[&tenant, &stream, &revision]),
-            )
-            .await?;
-        let stored_at_revision = stored.and_then(|row| {
-            let id: String = row.get(0);
-            let hash: Vec<u8> = row.get(1);
-            Some((Uuid::parse_str(&id).ok()?, hash_from_bytes(&hash)?))
-        });
-        let mut record_after = match plan_import(&record, stored_at_revision, &event)? {
-            ImportPlan::AlreadyPresent => {
-                self.engine
-                    .run("events_import_rollback", transaction.rollback())
-                    .await?;
-                return Ok(ImportOutcome::AlreadyPresent);
-            }
-            ImportPlan::Write(record_after) => record_after,
-        };
-        // The counter last, as in appends: commit order stays position order.
-        let position: i64 = self
-            .engine
-            .run(
-                "events_import_head",
-                transaction.query_one(&advance, &[&tenant, &event.recorded_at_micros]),
-            )
-            .await?
-            .get(0);
-        let event_id = event.prepared.id.to_string();
-        let schema_version = schema_version_column(event.prepared.schema_version)?;
-        let hash: &[u8] = &event.hash;
+        // Every stream locked up front, in name order, before the counter:
+        // the lock order of appends, so an import beside them cannot deadlock.
+        let mut streams: Vec<&str> = events.iter().map(|event| event.stream.as_str()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let genesis: &[u8] = &GENESIS_HASH;
         self.engine
             .run(
-                "events_import_insert",
-                transaction.execute(
-                    &insert,
-                    &[
-                        &tenant,
-                        &position,
-                        &stream,
-                        &revision,
-                        &event_id,
-                        &event.prepared.event_type,
-                        &schema_version,
-                        &event.prepared.data,
-                        &event.prepared.metadata,
-                        &event.recorded_at_micros,
-                        &hash,
-                    ],
-                ),
+                "events_import_ensure_streams",
+                transaction.query(&ensure, &[&tenant, &streams, &genesis]),
             )
             .await?;
-        record_after.last_position = Some(from_column(position, "position")?);
-        self.write_record(&transaction, &upsert, tenant, stream, &record_after)
+        let locked = self
+            .engine
+            .run(
+                "events_import_lock_streams",
+                transaction.query(&lock, &[&tenant, &streams]),
+            )
             .await?;
+        let mut records = HashMap::with_capacity(locked.len());
+        for row in locked {
+            let stream: String = row.get(0);
+            records.insert(stream, stream_row(&row, 1).into_record()?);
+        }
+        let mut changed_streams = BTreeSet::new();
+        let mut outcomes = Vec::with_capacity(events.len());
+        for event in &events {
+            let stream = event.stream.as_str();
+            let Some(record) = records.get_mut(stream) else {
+                return Err(Error::internal(format!(
+                    "the row of stream `{stream}` was not there to lock"
+                )));
+            };
+            let revision = to_column(event.revision, "revision")?;
+            let stored = self
+                .engine
+                .run(
+                    "events_import_stored",
+                    transaction.query_opt(&stored_at, &[&tenant, &stream, &revision]),
+                )
+                .await?;
+            let stored_at_revision = stored.and_then(|row| {
+                let id: String = row.get(0);
+                let hash: Vec<u8> = row.get(1);
+                Some((Uuid::parse_str(&id).ok()?, hash_from_bytes(&hash)?))
+            });
+            let mut record_after = match plan_import(record, stored_at_revision, event)? {
+                ImportPlan::AlreadyPresent => {
+                    outcomes.push(ImportOutcome::AlreadyPresent);
+                    continue;
+                }
+                ImportPlan::Write(record_after) => record_after,
+            };
+            let position: i64 = self
+                .engine
+                .run(
+                    "events_import_head",
+                    transaction.query_one(&advance, &[&tenant, &event.recorded_at_micros]),
+                )
+                .await?
+                .get(0);
+            let event_id = event.prepared.id.to_string();
+            let schema_version = schema_version_column(event.prepared.schema_version)?;
+            let hash: &[u8] = &event.hash;
+            self.engine
+                .run(
+                    "events_import_insert",
+                    transaction.execute(
+                        &insert,
+                        &[
+                            &tenant,
+                            &position,
+                            &stream,
+                            &revision,
+                            &event_id,
+                            &event.prepared.event_type,
+                            &schema_version,
+                            &event.prepared.data,
+                            &event.prepared.metadata,
+                            &event.recorded_at_micros,
+                            &hash,
+                        ],
+                    ),
+                )
+                .await?;
+            record_after.last_position = Some(from_column(position, "position")?);
+            *record = record_after;
+            changed_streams.insert(stream);
+            outcomes.push(ImportOutcome::Imported);
+        }
+        for stream in changed_streams {
+            self.write_record(&transaction, &upsert, tenant, stream, &records[stream])
+                .await?;
+        }
         self.engine
             .run("events_import_commit", transaction.commit())
             .await?;
-        Ok(ImportOutcome::Imported)
+        Ok(outcomes)
     }
 
     async fn log_tenants(&self) -> Result<Vec<String>, Error> {
