@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use plinth_core::TenantId;
 use plinth_core::config::PlinthConfig;
+use plinth_core::{Secret, TenantId};
 use plinth_engines::Store;
 use plinth_events::{
     AppendRequest, EVENTS_MIGRATIONS, EventStore, ExpectedVersion, NewEvent, StreamName,
@@ -26,6 +26,10 @@ async fn write_events(data_dir: &Path, batches: &[(&str, &str, u64)]) {
         data_dir: data_dir.to_path_buf(),
         ..PlinthConfig::default()
     };
+    write_events_into(config, batches).await;
+}
+
+async fn write_events_into(config: PlinthConfig, batches: &[(&str, &str, u64)]) {
     let store = Store::open(&config).await.expect("open the store");
     store.migrate(&[&EVENTS_MIGRATIONS]).await.expect("migrate");
     let events = EventStore::new(&store, config.events.clone()).expect("event store");
@@ -50,6 +54,13 @@ fn events_command(directory: &Path, data_dir: &Path, arguments: &[&str]) -> Comm
     full.extend_from_slice(arguments);
     full.extend_from_slice(&["--data-dir", data_dir.to_str().expect("utf-8 path")]);
     run_plinth(directory, &full, &[])
+}
+
+/// Like [`events_command`], on the PostgreSQL database at `url`.
+fn events_command_on_postgres(directory: &Path, url: &str, arguments: &[&str]) -> CommandOutput {
+    let mut full = vec!["events"];
+    full.extend_from_slice(arguments);
+    run_plinth(directory, &full, &[("PLINTH_STORAGE__URL", url)])
 }
 
 fn json_lines(text: &str) -> Vec<Value> {
@@ -275,4 +286,67 @@ async fn start_receiver(received: Arc<Mutex<Vec<Value>>>, accepted: usize) -> St
         axum::serve(listener, router).await.expect("serve");
     });
     format!("http://{address}/events")
+}
+
+/// An export is the same on both stores: what PostgreSQL exported imports
+/// into SQLite, and back into a fresh PostgreSQL schema, and verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_moves_between_postgres_and_sqlite() {
+    let test_name = "an_export_moves_between_postgres_and_sqlite";
+    let Some(base_url) = support::postgres_base_url(test_name) else {
+        return;
+    };
+    let source_url = support::isolated_postgres_url(&base_url, "cli_export_source").await;
+    let target_url = support::isolated_postgres_url(&base_url, "cli_export_target").await;
+    let mut source_config = PlinthConfig::default();
+    source_config.storage.url = Some(Secret::new(source_url.clone()));
+    write_events_into(
+        source_config,
+        &[("default", "orders", 3), ("default", "users", 2)],
+    )
+    .await;
+
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let from_postgres = events_command_on_postgres(directory.path(), &source_url, &["export"]);
+    assert!(
+        from_postgres.status.success(),
+        "{}",
+        from_postgres.all_output()
+    );
+    let exported = json_lines(&from_postgres.stdout);
+    assert_eq!(exported.len(), 5, "{}", from_postgres.stdout);
+    let export_file = directory.path().join("from-postgres.jsonl");
+    std::fs::write(&export_file, &from_postgres.stdout).expect("write the export");
+    let file_argument = export_file.to_str().expect("utf-8");
+
+    let sqlite_data_dir = directory.path().join("sqlite");
+    let into_sqlite = events_command(
+        directory.path(),
+        &sqlite_data_dir,
+        &["import", file_argument],
+    );
+    assert!(
+        into_sqlite
+            .stdout
+            .contains("5 events imported into tenant `default`, 0 already present"),
+        "{}",
+        into_sqlite.all_output()
+    );
+    let from_sqlite = events_command(directory.path(), &sqlite_data_dir, &["export"]);
+    assert_eq!(
+        from_sqlite.stdout, from_postgres.stdout,
+        "the same export from SQLite"
+    );
+
+    let into_postgres =
+        events_command_on_postgres(directory.path(), &target_url, &["import", file_argument]);
+    assert!(
+        into_postgres
+            .stdout
+            .contains("5 events imported into tenant `default`, 0 already present"),
+        "{}",
+        into_postgres.all_output()
+    );
+    let verified = events_command_on_postgres(directory.path(), &target_url, &["verify"]);
+    assert!(verified.status.success(), "{}", verified.all_output());
 }
