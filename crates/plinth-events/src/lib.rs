@@ -43,10 +43,10 @@ pub use model::{
     StreamName, StreamSlice, StreamStatus, VersionConflict,
 };
 pub use persistent::{
-    AckOutcome, GroupDefinition, GroupInfo, GroupName, GroupSettings, GroupStatus, LeaseBatch,
-    LeaseRequest, LeasedEvent, MAX_GROUP_IN_FLIGHT, MAX_GROUP_RETRIES, MAX_LEASE_TIMEOUT,
-    MAX_LEASE_WAIT, MAX_POSITIONS_PER_CALL, MIN_LEASE_TIMEOUT, NackOutcome, ParkedEvent,
-    ParkedPage, ReplayOutcome, StartFrom,
+    AckOutcome, GroupDefinition, GroupInfo, GroupName, GroupPage, GroupSettings, GroupStatus,
+    LeaseBatch, LeaseRequest, LeasedEvent, MAX_GROUP_IN_FLIGHT, MAX_GROUP_RETRIES,
+    MAX_LEASE_TIMEOUT, MAX_LEASE_WAIT, MAX_POSITIONS_PER_CALL, MIN_LEASE_TIMEOUT, NackOutcome,
+    ParkedEvent, ParkedPage, ReplayOutcome, StartFrom,
 };
 pub use scavenge::{ScavengeProgress, ScavengeReport};
 pub use service::EventStore;

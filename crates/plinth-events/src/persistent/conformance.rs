@@ -168,13 +168,30 @@ async fn groups_are_created_listed_updated_and_deleted(backend: &Backend) {
     create(backend, "acme", "audit", GroupDefinition::default()).await;
     let names: Vec<String> = backend
         .events
-        .list_groups(&acme)
+        .list_groups(&acme, None, 100)
         .await
         .expect("list")
+        .groups
         .into_iter()
         .map(|info| info.group)
         .collect();
     assert_eq!(names, vec!["audit".to_string(), "billing".to_string()]);
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = backend
+            .events
+            .list_groups(&acme, after.as_deref(), 1)
+            .await
+            .expect("list a page");
+        assert!(page.groups.len() <= 1);
+        paged.extend(page.groups.into_iter().map(|info| info.group));
+        match page.next_after {
+            Some(name) => after = Some(name),
+            None => break,
+        }
+    }
+    assert_eq!(paged, names, "one group a page, in order");
     let updated = backend
         .events
         .update_group(&acme, &group("billing"), settings(1, 2))
@@ -211,7 +228,13 @@ async fn groups_are_created_listed_updated_and_deleted(backend: &Backend) {
         "group_not_found",
     );
     assert_eq!(
-        backend.events.list_groups(&acme).await.expect("list").len(),
+        backend
+            .events
+            .list_groups(&acme, None, 100)
+            .await
+            .expect("list")
+            .groups
+            .len(),
         1
     );
 }
@@ -665,9 +688,10 @@ async fn tenants_cannot_see_or_touch_each_others_groups(backend: &Backend) {
     assert!(
         backend
             .events
-            .list_groups(&tenant_b)
+            .list_groups(&tenant_b, None, 100)
             .await
             .expect("list")
+            .groups
             .is_empty()
     );
     create(backend, "tenant-b", "shared-name", on_all(settings(3, 100))).await;
@@ -762,9 +786,10 @@ async fn bad_input_is_refused_with_distinct_codes(backend: &Backend) {
     assert!(
         backend
             .events
-            .list_groups(&acme)
+            .list_groups(&acme, None, 100)
             .await
             .expect("list")
+            .groups
             .is_empty()
     );
     assert_error(

@@ -84,10 +84,10 @@ use rules::{GroupChange, GroupChangeOutcome, GroupCursors, LeasedSlot};
 use store::GroupRecord;
 
 pub use model::{
-    AckOutcome, GroupDefinition, GroupInfo, GroupName, GroupSettings, GroupStatus, LeaseBatch,
-    LeaseRequest, LeasedEvent, MAX_GROUP_IN_FLIGHT, MAX_GROUP_RETRIES, MAX_LEASE_TIMEOUT,
-    MAX_LEASE_WAIT, MAX_POSITIONS_PER_CALL, MIN_LEASE_TIMEOUT, NackOutcome, ParkedEvent,
-    ParkedPage, ReplayOutcome, StartFrom,
+    AckOutcome, GroupDefinition, GroupInfo, GroupName, GroupPage, GroupSettings, GroupStatus,
+    LeaseBatch, LeaseRequest, LeasedEvent, MAX_GROUP_IN_FLIGHT, MAX_GROUP_RETRIES,
+    MAX_LEASE_TIMEOUT, MAX_LEASE_WAIT, MAX_POSITIONS_PER_CALL, MIN_LEASE_TIMEOUT, NackOutcome,
+    ParkedEvent, ParkedPage, ReplayOutcome, StartFrom,
 };
 
 pub(crate) fn group_not_found(group: &GroupName) -> Error {
@@ -201,12 +201,27 @@ impl EventStore {
     }
 
     /// Every group of the tenant, by name.
-    pub async fn list_groups(&self, tenant: &TenantId) -> Result<Vec<GroupInfo>, Error> {
-        let mut groups = Vec::new();
-        for (name, record) in self.groups.group_records(tenant).await? {
+    pub async fn list_groups(
+        &self,
+        tenant: &TenantId,
+        after_name: Option<&str>,
+        limit: usize,
+    ) -> Result<GroupPage, Error> {
+        let limit = self.read_limit(limit)?;
+        let records = self
+            .groups
+            .group_records(tenant, after_name.map(str::to_string), limit)
+            .await?;
+        let full_page = records.len() as i64 == limit;
+        let mut groups = Vec::with_capacity(records.len());
+        for (name, record) in records {
             groups.push(record.info(&name)?);
         }
-        Ok(groups)
+        let next_after = match groups.last() {
+            Some(last) if full_page => Some(last.group.clone()),
+            _ => None,
+        };
+        Ok(GroupPage { groups, next_after })
     }
 
     /// Changes how a group delivers. Its source and cursors stay: changing

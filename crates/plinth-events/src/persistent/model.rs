@@ -283,6 +283,14 @@ pub struct ParkedEvent {
     pub retry_count: u32,
 }
 
+/// A page of a tenant's groups, by name.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GroupPage {
+    pub groups: Vec<GroupInfo>,
+    /// The name the next page starts after; `None` at the end.
+    pub next_after: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ParkedPage {
     pub events: Vec<ParkedEvent>,

@@ -375,6 +375,8 @@ impl GroupBackend for PostgresGroupBackend {
     async fn group_records(
         &self,
         tenant: &TenantId,
+        after_name: Option<String>,
+        limit: i64,
     ) -> Result<Vec<(GroupName, GroupRecord)>, Error> {
         let rows = self
             .engine
@@ -382,9 +384,10 @@ impl GroupBackend for PostgresGroupBackend {
                 "events_group_records",
                 &format!(
                     "SELECT group_name, {GROUP_COLUMNS} FROM plinth_events_groups
-                     WHERE tenant = $1 ORDER BY group_name"
+                     WHERE tenant = $1 AND ($2::text IS NULL OR group_name > $2::text)
+                     ORDER BY group_name LIMIT $3"
                 ),
-                &[&tenant.as_str()],
+                &[&tenant.as_str(), &after_name, &limit],
             )
             .await?;
         let mut records = Vec::with_capacity(rows.len());

@@ -333,6 +333,8 @@ impl GroupBackend for SqliteGroupBackend {
     async fn group_records(
         &self,
         tenant: &TenantId,
+        after_name: Option<String>,
+        limit: i64,
     ) -> Result<Vec<(GroupName, GroupRecord)>, Error> {
         let tenant = tenant.as_str().to_string();
         self.engine
@@ -340,11 +342,12 @@ impl GroupBackend for SqliteGroupBackend {
                 let mut statement = connection
                     .prepare_cached(&format!(
                         "SELECT group_name, {GROUP_COLUMNS} FROM plinth_events_groups
-                         WHERE tenant = ?1 ORDER BY group_name"
+                         WHERE tenant = ?1 AND (?2 IS NULL OR group_name > ?2)
+                         ORDER BY group_name LIMIT ?3"
                     ))
                     .map_err(sqlite_failure)?;
                 let rows = statement
-                    .query_map(params![tenant], |row| {
+                    .query_map(params![tenant, after_name, limit], |row| {
                         let name: String = row.get(0)?;
                         let columns = GroupRow {
                             source_stream: row.get(1)?,

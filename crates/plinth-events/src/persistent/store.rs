@@ -88,9 +88,12 @@ pub(crate) trait GroupBackend: Send + Sync {
     ) -> Result<Option<GroupRecord>, Error>;
 
     /// Every group of the tenant, by name.
+    /// The tenant's groups by name, after `after_name`, at most `limit`.
     async fn group_records(
         &self,
         tenant: &TenantId,
+        after_name: Option<String>,
+        limit: i64,
     ) -> Result<Vec<(GroupName, GroupRecord)>, Error>;
 
     async fn update_group_settings(

@@ -173,23 +173,39 @@ pub async fn get_group_status(
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct GroupList {
-    /// Every group of the tenant, by name.
+    /// The tenant's groups, by name.
     #[schema(value_type = Vec<Object>)]
     pub items: Vec<GroupInfo>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// Lists the tenant's groups.
 #[utoipa::path(
     get, path = "/v1/subscriptions", tag = "events", security(("bearer" = [])),
-    responses((status = 200, description = "Every group, by name", body = GroupList))
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of the tenant's groups, by name", body = GroupList),
+        (status = 400, description = "A bad cursor or limit", body = ProblemDocument, content_type = "application/problem+json"),
+    )
 )]
 pub async fn list_groups(
     State(state): State<AppState>,
     Caller(principal): Caller,
+    ApiQuery(page): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<GroupList>> {
     principal.require("events", "read", None)?;
-    let items = state.events.store.list_groups(&principal.tenant).await?;
-    Ok(Json(GroupList { items }))
+    let page_size = page.page_size()?;
+    let after_name = page.decoded_cursor()?;
+    let groups = state
+        .events
+        .store
+        .list_groups(&principal.tenant, after_name.as_deref(), page_size)
+        .await?;
+    Ok(Json(GroupList {
+        items: groups.groups,
+        next_cursor: groups.next_after.as_deref().map(encode_cursor),
+    }))
 }
 
 /// Deletes a group with its leases and parked events.
