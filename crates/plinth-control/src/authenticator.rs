@@ -4,6 +4,11 @@
 //! API key records are cached for [`API_KEY_CACHE_TTL`] so the hot path
 //! does not touch the store on every request. A revocation takes effect at
 //! once on the node that performed it and within that TTL on other nodes.
+//!
+//! Principals are shared (`Arc`): the one an API key grants is built when
+//! its record is loaded, and those of the bootstrap key and of dev mode when
+//! the authenticator is, so authenticating a request neither copies scopes
+//! nor formats an actor string.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -61,9 +66,37 @@ impl Principal {
     }
 }
 
+/// What authentication checks of an API key record, with the principal
+/// the key grants.
+struct KnownApiKey {
+    tenant: TenantId,
+    secret_sha256: [u8; 32],
+    expires_at: Option<OffsetDateTime>,
+    revoked_at: Option<OffsetDateTime>,
+    principal: Arc<Principal>,
+}
+
+impl KnownApiKey {
+    fn from_record(record: ApiKeyRecord) -> KnownApiKey {
+        let principal = Principal {
+            tenant: record.tenant.clone(),
+            scopes: record.scopes,
+            actor: format!("key:{}", record.id),
+            kind: CredentialKind::ApiKey,
+        };
+        KnownApiKey {
+            tenant: record.tenant,
+            secret_sha256: record.secret_sha256,
+            expires_at: record.expires_at,
+            revoked_at: record.revoked_at,
+            principal: Arc::new(principal),
+        }
+    }
+}
+
 struct CachedKey {
     /// `None` when the key id does not exist.
-    record: Option<ApiKeyRecord>,
+    key: Option<Arc<KnownApiKey>>,
     loaded_at: Instant,
 }
 
@@ -73,6 +106,8 @@ pub struct Authenticator {
     bootstrap_key_sha256: Option<[u8; 32]>,
     mode: AuthMode,
     key_cache: Mutex<KeyCache>,
+    bootstrap_principal: Arc<Principal>,
+    dev_principal: Arc<Principal>,
 }
 
 /// Cached key records, and a counter bumped by every forget, so a lookup
@@ -92,6 +127,11 @@ impl Authenticator {
             bootstrap_key_sha256: bootstrap_key.map(|key| Sha256::digest(key.as_bytes()).into()),
             mode: config.mode,
             key_cache: Mutex::new(KeyCache::default()),
+            bootstrap_principal: Arc::new(admin_principal(
+                "bootstrap",
+                CredentialKind::BootstrapKey,
+            )),
+            dev_principal: Arc::new(admin_principal("dev", CredentialKind::DevMode)),
         })
     }
 
@@ -100,15 +140,10 @@ impl Authenticator {
     }
 
     /// Authenticates the raw `Authorization` header value, if any.
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, Error> {
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Arc<Principal>, Error> {
         let Some(authorization) = authorization else {
             if self.mode == AuthMode::Dev {
-                return Ok(Principal {
-                    tenant: TenantId::default_tenant(),
-                    scopes: ScopeSet::admin(),
-                    actor: "dev".to_string(),
-                    kind: CredentialKind::DevMode,
-                });
+                return Ok(Arc::clone(&self.dev_principal));
             }
             return Err(Error::unauthenticated(
                 "missing credentials: send `Authorization: Bearer <api key or JWT>`",
@@ -120,12 +155,7 @@ impl Authenticator {
             ));
         };
         if self.is_bootstrap_key(token) {
-            return Ok(Principal {
-                tenant: TenantId::default_tenant(),
-                scopes: ScopeSet::admin(),
-                actor: "bootstrap".to_string(),
-                kind: CredentialKind::BootstrapKey,
-            });
+            return Ok(Arc::clone(&self.bootstrap_principal));
         }
         if let Some(presented) = parse_presented_key(token) {
             return self
@@ -136,12 +166,12 @@ impl Authenticator {
             return Err(Error::unauthenticated("the API key is not valid"));
         };
         let verified = jwt.verify(token)?;
-        Ok(Principal {
+        Ok(Arc::new(Principal {
             tenant: verified.tenant,
             scopes: verified.scopes,
             actor: format!("jwt:{}", verified.subject),
             kind: CredentialKind::Jwt,
-        })
+        }))
     }
 
     /// Drops a cached key so a revocation on this node applies at once.
@@ -154,8 +184,8 @@ impl Authenticator {
     /// Drops every cached key of a deleted tenant.
     pub fn forget_tenant(&self, tenant: &TenantId) {
         let mut cache = self.key_cache.lock();
-        cache.records.retain(|_, cached| match &cached.record {
-            Some(record) => &record.tenant != tenant,
+        cache.records.retain(|_, cached| match &cached.key {
+            Some(key) => &key.tenant != tenant,
             None => true,
         });
         cache.forget_generation += 1;
@@ -173,47 +203,43 @@ impl Authenticator {
         &self,
         key_id: &str,
         secret_part: &str,
-    ) -> Result<Principal, Error> {
-        let record = self.lookup_key(key_id).await?;
+    ) -> Result<Arc<Principal>, Error> {
+        let key = self.lookup_key(key_id).await?;
         // One message for "no such key" and "wrong secret", so a caller
         // cannot probe which key ids exist.
-        let Some(record) = record else {
+        let Some(key) = key else {
             return Err(Error::unauthenticated("the API key is not valid"));
         };
-        if !digests_match(&digest_secret(secret_part), &record.secret_sha256) {
+        if !digests_match(&digest_secret(secret_part), &key.secret_sha256) {
             return Err(Error::unauthenticated("the API key is not valid"));
         }
-        if record.revoked_at.is_some() {
+        if key.revoked_at.is_some() {
             return Err(Error::unauthenticated("the API key was revoked"));
         }
-        if let Some(expires_at) = record.expires_at
+        if let Some(expires_at) = key.expires_at
             && expires_at <= OffsetDateTime::now_utc()
         {
             return Err(Error::unauthenticated("the API key has expired"));
         }
-        Ok(Principal {
-            tenant: record.tenant,
-            scopes: record.scopes,
-            actor: format!("key:{}", record.id),
-            kind: CredentialKind::ApiKey,
-        })
+        Ok(Arc::clone(&key.principal))
     }
 
-    async fn lookup_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, Error> {
+    async fn lookup_key(&self, key_id: &str) -> Result<Option<Arc<KnownApiKey>>, Error> {
         let generation_before_read = {
             let cache = self.key_cache.lock();
             if let Some(cached) = cache.records.get(key_id)
                 && cached.loaded_at.elapsed() < API_KEY_CACHE_TTL
             {
-                return Ok(cached.record.clone());
+                return Ok(cached.key.clone());
             }
             cache.forget_generation
         };
         let record = self.store.get_api_key(key_id).await?;
+        let key = record.map(|record| Arc::new(KnownApiKey::from_record(record)));
         let mut cache = self.key_cache.lock();
         if cache.forget_generation != generation_before_read {
             // A revocation happened while we read: our copy may predate it.
-            return Ok(record);
+            return Ok(key);
         }
         if cache.records.len() >= API_KEY_CACHE_CAPACITY {
             cache.records.clear();
@@ -221,11 +247,22 @@ impl Authenticator {
         cache.records.insert(
             key_id.to_string(),
             CachedKey {
-                record: record.clone(),
+                key: key.clone(),
                 loaded_at: Instant::now(),
             },
         );
-        Ok(record)
+        Ok(key)
+    }
+}
+
+/// The principal of the bootstrap key and of dev mode: every scope, in the
+/// default tenant.
+fn admin_principal(actor: &str, kind: CredentialKind) -> Principal {
+    Principal {
+        tenant: TenantId::default_tenant(),
+        scopes: ScopeSet::admin(),
+        actor: actor.to_string(),
+        kind,
     }
 }
 

@@ -15,7 +15,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::idempotency::idempotency;
+use crate::idempotency::IdempotencyLayer;
 use crate::middleware::auth::authenticate;
 use crate::middleware::edge::{EdgeLimits, edge};
 use crate::middleware::request_context::REQUEST_ID_HEADER;
@@ -182,10 +182,7 @@ pub fn build_router(state: AppState) -> Router {
     let (public_router, _) = public_routes().split_for_parts();
     let (authenticated_router, _) = authenticated_routes().split_for_parts();
     let authenticated_router = authenticated_router
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            idempotency,
-        ))
+        .route_layer(IdempotencyLayer::new(state.clone()))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,

@@ -8,20 +8,29 @@
 //!
 //! A handler whose response holds a secret attaches a [`ReplayBody`]: the
 //! stored copy is that body instead, so the secret is never persisted.
+//!
+//! The layer is a hand-written tower service rather than a `from_fn`
+//! middleware because most requests (every GET, and mutations without a
+//! key) pass straight through: they cost a header lookup, not a cloned
+//! inner service and a boxed future.
 
+use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::FutureExt;
+use futures::future::{BoxFuture, Either};
 use http_body_util::BodyExt;
 use plinth_control::{IdempotencyBegin, Principal, StoredResponse};
 use plinth_core::{Error, ErrorKind};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
+use tower::{Layer, Service, ServiceExt};
 
 use crate::json::payload_too_large;
 use crate::problem::ApiError;
@@ -39,22 +48,90 @@ const REPLAYED_HEADERS: [HeaderName; 3] = [header::CONTENT_TYPE, header::LOCATIO
 #[derive(Clone, Debug)]
 pub struct ReplayBody(pub Bytes);
 
-pub async fn idempotency(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Applies `Idempotency-Key` handling to the routes it wraps.
+#[derive(Clone)]
+pub struct IdempotencyLayer {
+    state: AppState,
+}
+
+impl IdempotencyLayer {
+    pub fn new(state: AppState) -> IdempotencyLayer {
+        IdempotencyLayer { state }
+    }
+}
+
+impl<Inner> Layer<Inner> for IdempotencyLayer {
+    type Service = IdempotencyService<Inner>;
+
+    fn layer(&self, inner: Inner) -> Self::Service {
+        IdempotencyService {
+            state: self.state.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct IdempotencyService<Inner> {
+    state: AppState,
+    inner: Inner,
+}
+
+impl<Inner> Service<Request> for IdempotencyService<Inner>
+where
+    Inner: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    Inner::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Inner::Future, BoxFuture<'static, Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let Some(key_header) = idempotency_key_of_mutation(&request) else {
+            return Either::Left(self.inner.call(request));
+        };
+        // `inner` was made ready by `poll_ready`: keep that one for this
+        // request and leave a fresh clone for the next.
+        let fresh_inner = self.inner.clone();
+        let ready_inner = std::mem::replace(&mut self.inner, fresh_inner);
+        let state = self.state.clone();
+        Either::Right(Box::pin(async move {
+            Ok(handle_idempotently(state, key_header, request, ready_inner).await)
+        }))
+    }
+}
+
+/// The `Idempotency-Key` of a mutating request; safe methods are never
+/// stored, whatever headers they carry.
+fn idempotency_key_of_mutation(request: &Request) -> Option<HeaderValue> {
     let is_mutating = matches!(
         *request.method(),
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     );
-    let Some(key_header) = request.headers().get(&IDEMPOTENCY_KEY_HEADER).cloned() else {
-        return next.run(request).await;
-    };
     if !is_mutating {
-        return next.run(request).await;
+        return None;
     }
+    request.headers().get(&IDEMPOTENCY_KEY_HEADER).cloned()
+}
+
+async fn handle_idempotently<Inner>(
+    state: AppState,
+    key_header: HeaderValue,
+    request: Request,
+    inner: Inner,
+) -> Response
+where
+    Inner: Service<Request, Response = Response, Error = Infallible>,
+{
     let key = match validate_key(&key_header) {
         Ok(key) => key,
         Err(error) => return ApiError(error).into_response(),
     };
-    let Some(principal) = request.extensions().get::<Principal>().cloned() else {
+    let Some(principal) = request.extensions().get::<Arc<Principal>>().cloned() else {
         return ApiError(Error::internal("idempotency runs after authentication")).into_response();
     };
     // Records are per credential, not just per tenant: a replay must never
@@ -91,20 +168,27 @@ pub async fn idempotency(State(state): State<AppState>, request: Request, next: 
         }
         Ok(IdempotencyBegin::Started) => {
             let request = Request::from_parts(parts, Body::from(body_bytes));
-            run_and_store(&state, &principal, &key, request, next).await
+            run_and_store(&state, &principal, &key, request, inner).await
         }
     }
 }
 
-async fn run_and_store(
+async fn run_and_store<Inner>(
     state: &AppState,
     principal: &Principal,
     key: &str,
     request: Request,
-    next: Next,
-) -> Response {
-    let response = match AssertUnwindSafe(next.run(request)).catch_unwind().await {
-        Ok(response) => response,
+    inner: Inner,
+) -> Response
+where
+    Inner: Service<Request, Response = Response, Error = Infallible>,
+{
+    let response = match AssertUnwindSafe(inner.oneshot(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(response)) => response,
+        Ok(Err(infallible)) => match infallible {},
         Err(panic) => {
             // Release the key, then let the panic layer answer 500.
             forget(state, principal, key).await;

@@ -7,14 +7,23 @@
 //! fields. That keeps log correlation free of per-request span bookkeeping:
 //! request spans exist only when a trace exporter wants them.
 //!
+//! The access log (one `request served` line per request) does not go
+//! through `tracing` at all: the edge hands the request's fields to
+//! [`log_request_served`], which formats the line directly. Dispatching an
+//! event through the subscriber, its per-layer filters and the field
+//! visitors cost more than writing the line. The line reads exactly as if
+//! it had been logged with `tracing::info!` from [`ACCESS_LOG_TARGET`].
+//!
 //! Lines go through a bounded queue of [`QUEUED_LINES_LIMIT`] lines. When a
 //! flood fills it, new lines are dropped and counted in
 //! `plinth_log_lines_dropped_total` rather than slowing requests down.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use time::OffsetDateTime;
 use tracing::field::{Field, Visit};
@@ -31,6 +40,16 @@ const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 const BATCH_INTERVAL: Duration = Duration::from_millis(10);
 /// Fields `tracing-log` adds to events bridged from the `log` crate.
 const LOG_CRATE_FIELD_PREFIX: &str = "log.";
+/// Enough for a typical line, so formatting it rarely grows the string.
+const LINE_CAPACITY: usize = 512;
+
+/// The target access lines are logged under, as if the edge middleware
+/// logged them: `log.level` directives such as
+/// `info,plinth_server::middleware::edge=warn` apply to them.
+pub const ACCESS_LOG_TARGET: &str = "plinth_server::middleware::edge";
+
+/// Where access lines go, once [`AccessLog::install`] ran.
+static ACCESS_LOG: OnceLock<AccessLog> = OnceLock::new();
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogLineFormat {
@@ -50,6 +69,12 @@ pub struct LogLineFlusher {
     queue: SyncSender<WriterMessage>,
 }
 
+/// The access log, feeding the same writer as a [`LogLineLayer`].
+pub struct AccessLog {
+    format: LogLineFormat,
+    queue: SyncSender<WriterMessage>,
+}
+
 enum WriterMessage {
     Line(String),
     Flush(SyncSender<()>),
@@ -66,6 +91,56 @@ pub fn log_line_layer(format: LogLineFormat) -> std::io::Result<(LogLineLayer, L
         queue: sender.clone(),
     };
     Ok((layer, LogLineFlusher { queue: sender }))
+}
+
+impl LogLineLayer {
+    /// The access log writing to this layer's output. It is off until
+    /// installed.
+    pub fn access_log(&self) -> AccessLog {
+        AccessLog {
+            format: self.format,
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl AccessLog {
+    /// Turns the access log on for the rest of the process. The log level
+    /// is not consulted per request, so install it only when the level
+    /// lets `info` lines of [`ACCESS_LOG_TARGET`] through. A second install
+    /// is ignored.
+    pub fn install(self) {
+        let _ = ACCESS_LOG.set(self);
+    }
+}
+
+/// Writes the access line of a request that was answered with `status`
+/// after `latency`; nothing when the access log is off.
+pub fn log_request_served(request: &RequestContext, status: u16, latency: Duration) {
+    let Some(access_log) = ACCESS_LOG.get() else {
+        return;
+    };
+    let latency_us = latency.as_micros() as u64;
+    let line = match access_log.format {
+        LogLineFormat::Json => json_access_line(request, status, latency_us),
+        LogLineFormat::Text => text_access_line(request, status, latency_us),
+    };
+    queue_line(&access_log.queue, line);
+}
+
+/// Queues a line for the writer thread, or counts it as dropped when the
+/// queue is full.
+fn queue_line(queue: &SyncSender<WriterMessage>, line: String) {
+    match queue.try_send(WriterMessage::Line(line)) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            metrics::counter!("plinth_log_lines_dropped_total").increment(1);
+        }
+        Err(TrySendError::Disconnected(WriterMessage::Line(line))) => {
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
+        Err(TrySendError::Disconnected(WriterMessage::Flush(_))) => {}
+    }
 }
 
 impl LogLineFlusher {
@@ -123,21 +198,12 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for LogLineLayer {
             LogLineFormat::Json => json_line(event),
             LogLineFormat::Text => text_line(event),
         };
-        match self.queue.try_send(WriterMessage::Line(line)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                metrics::counter!("plinth_log_lines_dropped_total").increment(1);
-            }
-            Err(TrySendError::Disconnected(WriterMessage::Line(line))) => {
-                let _ = std::io::stderr().write_all(line.as_bytes());
-            }
-            Err(TrySendError::Disconnected(WriterMessage::Flush(_))) => {}
-        }
+        queue_line(&self.queue, line);
     }
 }
 
 fn json_line(event: &Event<'_>) -> String {
-    let mut line = String::with_capacity(256);
+    let mut line = String::with_capacity(LINE_CAPACITY);
     line.push_str("{\"timestamp\":\"");
     write_timestamp(&mut line);
     line.push_str("\",\"level\":\"");
@@ -163,6 +229,22 @@ fn json_line(event: &Event<'_>) -> String {
     line
 }
 
+/// The access line as [`json_line`] would write the event
+/// `info!(status, latency_us, "request served")`.
+fn json_access_line(request: &RequestContext, status: u16, latency_us: u64) -> String {
+    let mut line = String::with_capacity(LINE_CAPACITY);
+    line.push_str("{\"timestamp\":\"");
+    write_timestamp(&mut line);
+    line.push_str("\",\"level\":\"INFO\",\"fields\":{\"message\":\"request served\",\"status\":");
+    let _ = write!(line, "{status},\"latency_us\":{latency_us}");
+    line.push_str("},\"target\":");
+    write_json_string(&mut line, ACCESS_LOG_TARGET);
+    line.push_str(",\"span\":");
+    write_request_json(&mut line, request);
+    line.push_str("}\n");
+    line
+}
+
 fn write_request_json(line: &mut String, request: &RequestContext) {
     line.push_str("{\"request_id\":");
     write_json_string(line, &request.request_id);
@@ -178,7 +260,7 @@ fn write_request_json(line: &mut String, request: &RequestContext) {
 }
 
 fn text_line(event: &Event<'_>) -> String {
-    let mut line = String::with_capacity(256);
+    let mut line = String::with_capacity(LINE_CAPACITY);
     write_timestamp(&mut line);
     let _ = write!(line, " {:>5} ", event.metadata().level().as_str());
     let mut fields = TextFields {
@@ -192,36 +274,83 @@ fn text_line(event: &Event<'_>) -> String {
         .as_deref()
         .unwrap_or(event.metadata().target());
     let _ = write!(line, "{target}: {}{}", fields.message, fields.others);
-    with_current_request(|request| {
-        let _ = write!(
-            line,
-            " request_id={} method={} route={}",
-            request.request_id,
-            request.method,
-            request.route_template()
-        );
-        if let Some(trace_id) = &request.trace_id {
-            let _ = write!(line, " trace_id={trace_id}");
-        }
-    });
+    with_current_request(|request| write_request_text(&mut line, request));
     line.push('\n');
     line
 }
 
-/// RFC 3339 in UTC with microseconds, e.g. `2026-11-22T14:03:07.120931Z`.
-fn write_timestamp(line: &mut String) {
-    let now = OffsetDateTime::now_utc();
+/// The access line as [`text_line`] would write the event
+/// `info!(status, latency_us, "request served")`.
+fn text_access_line(request: &RequestContext, status: u16, latency_us: u64) -> String {
+    let mut line = String::with_capacity(LINE_CAPACITY);
+    write_timestamp(&mut line);
     let _ = write!(
         line,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        now.microsecond()
+        "  INFO {ACCESS_LOG_TARGET}: request served status={status} latency_us={latency_us}"
     );
+    write_request_text(&mut line, request);
+    line.push('\n');
+    line
+}
+
+fn write_request_text(line: &mut String, request: &RequestContext) {
+    let _ = write!(
+        line,
+        " request_id={} method={} route={}",
+        request.request_id,
+        request.method,
+        request.route_template()
+    );
+    if let Some(trace_id) = &request.trace_id {
+        let _ = write!(line, " trace_id={trace_id}");
+    }
+}
+
+/// RFC 3339 in UTC with microseconds, e.g. `2026-11-22T14:03:07.120931Z`.
+/// Only the microseconds change from line to line: each thread keeps the
+/// rest formatted for the current second.
+fn write_timestamp(line: &mut String) {
+    thread_local! {
+        static FORMATTED_SECOND: RefCell<FormattedSecond> = const {
+            RefCell::new(FormattedSecond { unix_second: -1, text: String::new() })
+        };
+    }
+    let since_epoch = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let unix_second = since_epoch.as_secs() as i64;
+    FORMATTED_SECOND.with_borrow_mut(|formatted_second| {
+        if formatted_second.unix_second != unix_second {
+            formatted_second.format(unix_second);
+        }
+        line.push_str(&formatted_second.text);
+    });
+    let _ = write!(line, ".{:06}Z", since_epoch.subsec_micros());
+}
+
+/// `2026-11-22T14:03:07`, the part of a timestamp that holds for a second.
+struct FormattedSecond {
+    unix_second: i64,
+    text: String,
+}
+
+impl FormattedSecond {
+    fn format(&mut self, unix_second: i64) {
+        let time =
+            OffsetDateTime::from_unix_timestamp(unix_second).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        self.unix_second = unix_second;
+        self.text.clear();
+        let _ = write!(
+            self.text,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            time.year(),
+            u8::from(time.month()),
+            time.day(),
+            time.hour(),
+            time.minute(),
+            time.second()
+        );
+    }
 }
 
 /// Writes `value` as a JSON string literal.
@@ -383,6 +512,85 @@ mod tests {
         assert_eq!(line, "\"say \\\"hi\\\"\\\\\\n\\u0001é\"");
         let parsed: String = serde_json::from_str(&line).unwrap();
         assert_eq!(parsed, "say \"hi\"\\\n\u{1}é");
+    }
+
+    #[tokio::test]
+    async fn access_lines_read_as_the_tracing_event_would() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let request = RequestContext {
+            request_id: "request-1".to_string(),
+            method: axum::http::Method::GET,
+            route: None,
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".to_string()),
+        };
+        for format in [LogLineFormat::Json, LogLineFormat::Text] {
+            let (sender, receiver) = std::sync::mpsc::sync_channel(4);
+            let layer = LogLineLayer {
+                format,
+                queue: sender.clone(),
+            };
+            let subscriber = tracing_subscriber::registry().with(layer);
+            let access_log = AccessLog {
+                format,
+                queue: sender,
+            };
+            request
+                .clone()
+                .scope(async {
+                    tracing::subscriber::with_default(subscriber, || {
+                        tracing::info!(
+                            target: ACCESS_LOG_TARGET,
+                            status = 200_u16,
+                            latency_us = 61_u64,
+                            "request served"
+                        );
+                    });
+                    let direct_line = match access_log.format {
+                        LogLineFormat::Json => json_access_line(&request, 200, 61),
+                        LogLineFormat::Text => text_access_line(&request, 200, 61),
+                    };
+                    queue_line(&access_log.queue, direct_line);
+                })
+                .await;
+            let timestamp_start = match format {
+                LogLineFormat::Json => "{\"timestamp\":\"".len(),
+                LogLineFormat::Text => 0,
+            };
+            let through_tracing = without_timestamp(&receive_line(&receiver), timestamp_start);
+            let direct = without_timestamp(&receive_line(&receiver), timestamp_start);
+            assert_eq!(direct, through_tracing);
+        }
+    }
+
+    fn receive_line(receiver: &Receiver<WriterMessage>) -> String {
+        match receiver.try_recv() {
+            Ok(WriterMessage::Line(line)) => line,
+            _ => panic!("no line was queued"),
+        }
+    }
+
+    /// The line with its timestamp, checked for shape, replaced by `<timestamp>`.
+    fn without_timestamp(line: &str, timestamp_start: usize) -> String {
+        const TIMESTAMP_LENGTH: usize = "2026-11-22T14:03:07.120931Z".len();
+        let timestamp = &line[timestamp_start..timestamp_start + TIMESTAMP_LENGTH];
+        let separators: Vec<(usize, char)> = timestamp
+            .char_indices()
+            .filter(|(_, character)| !character.is_ascii_digit())
+            .collect();
+        assert_eq!(
+            separators,
+            [
+                (4, '-'),
+                (7, '-'),
+                (10, 'T'),
+                (13, ':'),
+                (16, ':'),
+                (19, '.'),
+                (26, 'Z')
+            ],
+            "{line}"
+        );
+        line.replacen(timestamp, "<timestamp>", 1)
     }
 
     #[test]

@@ -15,9 +15,9 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use plinth_core::config::{LogConfig, LogFormat, TelemetryConfig};
-use plinth_server::log_lines::{LogLineFlusher, LogLineFormat, log_line_layer};
+use plinth_server::log_lines::{ACCESS_LOG_TARGET, LogLineFlusher, LogLineFormat, log_line_layer};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::{FilterExt, filter_fn};
+use tracing_subscriber::filter::{FilterExt, LevelFilter, filter_fn};
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -54,26 +54,45 @@ pub fn init(log: &LogConfig, telemetry: &TelemetryConfig) -> anyhow::Result<Tele
     };
     let (log_layer, log_flusher) =
         log_line_layer(format).context("starting the log writer thread")?;
+    let access_log = log_layer.access_log();
     // Log lines are made of events only; the request's context comes from
-    // the request itself, so no span needs to be recorded for them.
-    let log_filter = level_filter(&log.level)?.and(filter_fn(|metadata| metadata.is_event()));
+    // the request itself, so no span needs to be recorded for them. The
+    // event filter declares that it lets every level through: without a
+    // hint, the combined filter would have none, and `tracing` (and the
+    // `log` bridge) would then hand every debug and trace callsite of every
+    // dependency to the subscriber.
+    let events_only =
+        filter_fn(|metadata| metadata.is_event()).with_max_level_hint(LevelFilter::TRACE);
+    let log_filter = level_filter(&log.level)?.and(events_only);
     let tracer_provider = match &telemetry.otlp_endpoint {
         Some(endpoint) => Some(build_tracer_provider(endpoint, telemetry)?),
         None => None,
     };
-    let otel_layer = match &tracer_provider {
-        Some(provider) => Some(
-            tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("plinth"))
-                .with_filter(level_filter(&log.level)?),
-        ),
-        None => None,
+    let subscriber = tracing_subscriber::registry().with(log_layer.with_filter(log_filter));
+    // No `Option` layer for a missing exporter: a `None` layer counts as
+    // interested in every span and event, so the registry would create
+    // and track the request span of every request for nobody.
+    let installed = match &tracer_provider {
+        Some(provider) => subscriber
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("plinth"))
+                    .with_filter(level_filter(&log.level)?),
+            )
+            .try_init(),
+        None => subscriber.try_init(),
     };
-    tracing_subscriber::registry()
-        .with(otel_layer)
-        .with(log_layer.with_filter(log_filter))
-        .try_init()
-        .context("installing the log subscriber")?;
+    installed.context("installing the log subscriber")?;
+    // The access line bypasses `tracing`, so the level is asked once here
+    // for it, the way an `info!` from the edge would be: `log.level` does
+    // not change while the process runs.
+    if tracing::enabled!(
+        kind: tracing::metadata::Kind::EVENT,
+        target: ACCESS_LOG_TARGET,
+        tracing::Level::INFO
+    ) {
+        access_log.install();
+    }
     Ok(TelemetryGuard {
         tracer_provider,
         log_flusher,

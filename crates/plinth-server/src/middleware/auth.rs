@@ -1,10 +1,13 @@
 //! Authentication of every `/v1` request: the bearer credential becomes a
 //! [`Principal`] in the request's extensions, or the request ends with 401
-//! (and an audit entry). Handlers then check scopes with
+//! (and an audit entry). The principal is shared with the authenticator's
+//! cache (`Arc<Principal>`), so it is not copied per request. Handlers then
+//! check scopes with
 //! `Principal::require`; the tenant every resource name is scoped to comes
 //! only from the principal, never from the request.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -27,7 +30,7 @@ pub async fn authenticate(
     let authorization = match request.headers().get(AUTHORIZATION) {
         None => None,
         Some(value) => match value.to_str() {
-            Ok(text) => Some(text.to_string()),
+            Ok(text) => Some(text),
             Err(_) => {
                 return refuse(
                     &state,
@@ -37,11 +40,8 @@ pub async fn authenticate(
             }
         },
     };
-    match state
-        .authenticator
-        .authenticate(authorization.as_deref())
-        .await
-    {
+    let authenticated = state.authenticator.authenticate(authorization).await;
+    match authenticated {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
@@ -100,13 +100,13 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestOrigin {
 }
 
 /// Handlers take the caller as `Caller(principal)`.
-pub struct Caller(pub Principal);
+pub struct Caller(pub Arc<Principal>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        match parts.extensions.get::<Principal>() {
+        match parts.extensions.get::<Arc<Principal>>() {
             Some(principal) => Ok(Caller(principal.clone())),
             None => Err(ApiError(Error::internal(
                 "route is missing the authentication middleware",

@@ -9,14 +9,17 @@
 //! the HTTP benchmark holds the whole stack to a few tens of microseconds.
 //! Each step itself lives in its own module.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
+use metrics::Gauge;
 use tracing::{Instrument, Span};
 
+use crate::log_lines::log_request_served;
 use crate::middleware::body_limit::refuse_oversized_body;
 use crate::middleware::request_context::{REQUEST_ID_HEADER, RequestContext, with_current_request};
 use crate::middleware::request_metrics::record_request;
@@ -43,7 +46,7 @@ pub async fn edge(State(limits): State<EdgeLimits>, request: Request, next: Next
                 .await;
             drop(in_flight);
             add_security_headers(response.headers_mut());
-            span.in_scope(|| record_request_served(response.status(), started.elapsed()));
+            record_request_served(&span, response.status(), started.elapsed());
             response
         })
         .await;
@@ -72,6 +75,7 @@ fn request_span(context: &RequestContext, headers: &HeaderMap) -> Span {
         method = %context.method,
         route = context.route_template(),
         trace_id = context.trace_id.as_deref().unwrap_or_default(),
+        status = tracing::field::Empty,
     );
     if !span.is_disabled() {
         crate::observability::attach_remote_parent(&span, headers);
@@ -85,24 +89,34 @@ struct InFlightRequest;
 
 impl InFlightRequest {
     fn enter() -> InFlightRequest {
-        metrics::gauge!("plinth_http_requests_in_flight").increment(1.0);
+        requests_in_flight().increment(1.0);
         InFlightRequest
     }
 }
 
 impl Drop for InFlightRequest {
     fn drop(&mut self) {
-        metrics::gauge!("plinth_http_requests_in_flight").decrement(1.0);
+        requests_in_flight().decrement(1.0);
     }
 }
 
-fn record_request_served(status: StatusCode, elapsed: Duration) {
+/// The gauge's handle, looked up once rather than twice per request.
+/// Metrics are recorded only after the recorder is installed, at start-up,
+/// so the handle is never one of the no-op recorder.
+fn requests_in_flight() -> &'static Gauge {
+    static REQUESTS_IN_FLIGHT: OnceLock<Gauge> = OnceLock::new();
+    REQUESTS_IN_FLIGHT.get_or_init(|| metrics::gauge!("plinth_http_requests_in_flight"))
+}
+
+/// The request's metrics, its access-log line, and its status on the trace
+/// span (the access line does not go through `tracing`, so spans do not
+/// get it as an event).
+fn record_request_served(span: &Span, status: StatusCode, elapsed: Duration) {
     with_current_request(|request| {
         record_request(&request.method, request.route_template(), status, elapsed);
+        log_request_served(request, status.as_u16(), elapsed);
     });
-    tracing::info!(
-        status = status.as_u16(),
-        latency_us = elapsed.as_micros() as u64,
-        "request served"
-    );
+    if !span.is_disabled() {
+        span.record("status", status.as_u16());
+    }
 }

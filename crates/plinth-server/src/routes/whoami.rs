@@ -31,6 +31,6 @@ pub async fn get_whoami(Caller(principal): Caller) -> Json<WhoAmI> {
     Json(WhoAmI {
         tenant: principal.tenant.to_string(),
         scopes: principal.scopes.to_strings(),
-        actor: principal.actor,
+        actor: principal.actor.clone(),
     })
 }
