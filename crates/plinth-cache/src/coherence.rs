@@ -36,6 +36,8 @@ pub const COHERENCE_CHANNEL: &str = "plinth:cache:coherence";
 /// disconnected (it may have failed to tell others about a write).
 const OUTGOING_QUEUE_CAPACITY: usize = 10_000;
 const TOMBSTONE_LIFETIME_MS: u64 = 60_000;
+/// The most messages sent to Redis in one pipeline.
+const PUBLISH_BATCH_LIMIT: usize = 256;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -151,6 +153,9 @@ impl Coherence {
     }
 }
 
+/// Publishes what the queue holds, in order, one pipeline of `PUBLISH`es at
+/// a time: one `PUBLISH` per round trip could not keep up with writes from
+/// many connections, and a queue that fills up takes the channel down.
 async fn run_publisher(
     redis: Arc<RedisEngine>,
     mut queue: mpsc::Receiver<CoherenceMessage>,
@@ -158,24 +163,10 @@ async fn run_publisher(
     resubscribe: Arc<Notify>,
     l1: Arc<L1Tier>,
 ) {
-    while let Some(message) = queue.recv().await {
-        let Ok(payload) = serde_json::to_string(&message) else {
-            continue;
-        };
-        let published = match redis.connection() {
-            Ok(mut connection) => {
-                let mut command = redis::cmd("PUBLISH");
-                command.arg(COHERENCE_CHANNEL).arg(payload);
-                redis
-                    .run(
-                        "cache.coherence_publish",
-                        command.query_async::<i64>(&mut connection),
-                    )
-                    .await
-                    .is_ok()
-            }
-            Err(_) => false,
-        };
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH_LIMIT);
+    while queue.recv_many(&mut batch, PUBLISH_BATCH_LIMIT).await > 0 {
+        let published = publish_batch(&redis, &batch).await;
+        batch.clear();
         if !published && connected.swap(false, Ordering::SeqCst) {
             tracing::warn!(
                 "cache coherence: a change could not be published; capping L1 lifetimes until the channel is back"
@@ -185,6 +176,33 @@ async fn run_publisher(
             resubscribe.notify_one();
         }
     }
+}
+
+/// Whether Redis took every message of the batch. Messages are published in
+/// the batch's order, each as its own `PUBLISH`, so subscribers see exactly
+/// what they would have seen one message at a time.
+async fn publish_batch(redis: &RedisEngine, messages: &[CoherenceMessage]) -> bool {
+    let mut pipeline = redis::pipe();
+    for message in messages {
+        let Ok(payload) = serde_json::to_vec(message) else {
+            continue;
+        };
+        pipeline
+            .cmd("PUBLISH")
+            .arg(COHERENCE_CHANNEL)
+            .arg(payload)
+            .ignore();
+    }
+    let Ok(mut connection) = redis.connection() else {
+        return false;
+    };
+    redis
+        .run(
+            "cache.coherence_publish",
+            pipeline.query_async::<()>(&mut connection),
+        )
+        .await
+        .is_ok()
 }
 
 async fn run_subscriber(
@@ -239,6 +257,7 @@ async fn subscribe_and_serve(
     connected.store(true, Ordering::SeqCst);
     metrics::gauge!("plinth_cache_coherence_up").set(1.0);
     tracing::info!("cache coherence channel up");
+    let own_prefix = own_message_prefix(node_id);
     let mut messages = pubsub.into_on_message();
     loop {
         let message = tokio::select! {
@@ -248,10 +267,13 @@ async fn subscribe_and_serve(
         let Some(message) = message else {
             return Ok(());
         };
-        let Ok(payload) = message.get_payload::<String>() else {
+        let payload = message.get_payload_bytes();
+        // Every message also comes back to the node that published it:
+        // dropping those unparsed spares a JSON parse per local write.
+        if payload.starts_with(&own_prefix) {
             continue;
-        };
-        let Ok(message) = serde_json::from_str::<CoherenceMessage>(&payload) else {
+        }
+        let Ok(message) = serde_json::from_slice::<CoherenceMessage>(payload) else {
             continue;
         };
         if message.origin == node_id {
@@ -259,6 +281,12 @@ async fn subscribe_and_serve(
         }
         apply(l1, catalog, message).await;
     }
+}
+
+/// How every message `node_id` publishes starts: `origin` is the first
+/// field serialized, and the comma keeps node 12 from matching node 123.
+fn own_message_prefix(node_id: u64) -> Vec<u8> {
+    format!("{{\"origin\":{node_id},").into_bytes()
 }
 
 async fn apply(l1: &Arc<L1Tier>, catalog: &KeyspaceCatalog, message: CoherenceMessage) {
@@ -316,5 +344,77 @@ async fn apply(l1: &Arc<L1Tier>, catalog: &KeyspaceCatalog, message: CoherenceMe
     };
     if let Err(error) = outcome {
         tracing::debug!(error = %error, "cache coherence message could not be applied");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use plinth_core::resilience::{BreakerConfig, CircuitBreaker};
+    use plinth_engines::test_support::redis_url;
+
+    use super::*;
+
+    async fn connected_redis(url: &str) -> Arc<RedisEngine> {
+        let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()));
+        let engine =
+            RedisEngine::start(url, breaker, Duration::from_secs(2)).expect("a valid redis url");
+        engine
+            .wait_connected(Duration::from_secs(5))
+            .await
+            .expect("the test redis accepts connections");
+        engine
+    }
+
+    fn key_change(origin: u64, revision: Revision) -> CoherenceMessage {
+        CoherenceMessage {
+            origin,
+            tenant: "acme".to_string(),
+            keyspace: "users".to_string(),
+            change: CoherenceChange::Key {
+                key: format!("key-{revision}"),
+                version: 1,
+                revision,
+            },
+        }
+    }
+
+    #[test]
+    fn a_node_recognises_its_own_messages_by_their_start() {
+        let payload = serde_json::to_vec(&key_change(123, 7)).unwrap();
+        assert!(payload.starts_with(&own_message_prefix(123)));
+        assert!(!payload.starts_with(&own_message_prefix(12)));
+        assert!(!payload.starts_with(&own_message_prefix(1234)));
+    }
+
+    #[tokio::test]
+    async fn batched_publishes_reach_subscribers_complete_and_in_order() {
+        let Some(url) = redis_url("coherence batched publishes") else {
+            return;
+        };
+        let redis = connected_redis(&url).await;
+        let mut pubsub = redis.pubsub().await.unwrap();
+        pubsub.subscribe(COHERENCE_CHANNEL).await.unwrap();
+        // Other tests may publish on the channel too: only ours count.
+        let origin = rand::random::<u64>();
+        let sent: Vec<CoherenceMessage> = (0..PUBLISH_BATCH_LIMIT as u64 + 10)
+            .map(|revision| key_change(origin, revision))
+            .collect();
+        for batch in sent.chunks(PUBLISH_BATCH_LIMIT) {
+            assert!(publish_batch(&redis, batch).await);
+        }
+        let mut messages = pubsub.into_on_message();
+        let mut received = Vec::new();
+        while received.len() < sent.len() {
+            let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
+                .await
+                .expect("every published message arrives")
+                .expect("the subscription stays open");
+            let payload = message.get_payload::<String>().unwrap();
+            let parsed: CoherenceMessage = serde_json::from_str(&payload).unwrap();
+            if parsed.origin == origin {
+                received.push(parsed);
+            }
+        }
+        assert_eq!(received, sent);
     }
 }

@@ -114,15 +114,6 @@ impl CacheEntry {
         self.expires_at_ms
             .map(|expires_at| expires_at.saturating_sub(now_ms))
     }
-
-    /// Bytes this entry takes, for size-bounded tiers.
-    pub fn weight(&self) -> usize {
-        let mut weight = self.value.len() + self.content_type.len() + 64;
-        for tag in &self.tags {
-            weight += tag.len();
-        }
-        weight
-    }
 }
 
 /// How a stored value is transformed on its way to slower tiers.

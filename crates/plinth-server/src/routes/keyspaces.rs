@@ -281,8 +281,9 @@ pub struct KeyspaceStats {
     /// Duration of this node's calls to each tier, per operation, since it
     /// started.
     pub latency: Vec<TierLatencyView>,
-    /// This node's L1: entries, bytes (exact), weighted_bytes (what counts
-    /// against max_bytes), evictions, expirations.
+    /// This node's L1: entries, bytes (exact, what counts against
+    /// max_bytes), evictions, expirations, refusals (values not stored
+    /// because they would have gone over max_bytes).
     #[schema(value_type = Object)]
     pub l1: plinth_cache::l1::L1Usage,
 }

@@ -29,6 +29,8 @@ pub struct HotWorkload {
     pub l1_hits: u64,
     pub l1_misses: u64,
     pub l1_evictions: u64,
+    /// Reads made before the measured window.
+    pub warmup_reads: u64,
 }
 
 impl HotWorkload {
@@ -106,9 +108,10 @@ pub fn print_cache_report(run: &CacheBenchRun) {
 
 fn print_hot_workload(hot: &HotWorkload) {
     println!(
-        "hot 80/20: {} keys, L1 max_entries {}: {} L1 hits, {} L1 misses, hit ratio {}, {} L1 evictions in the window",
+        "hot 80/20: {} keys, L1 max_entries {}, after {} warm-up reads: {} L1 hits, {} L1 misses, hit ratio {}, {} L1 evictions in the window",
         hot.keys,
         hot.l1_entries_configured,
+        hot.warmup_reads,
         hot.l1_hits,
         hot.l1_misses,
         percent_or_dash(hot.l1_hit_ratio()),
@@ -308,6 +311,7 @@ mod tests {
                 l1_hits: hits,
                 l1_misses: misses,
                 l1_evictions: 0,
+                warmup_reads: 0,
             },
             redis_measurements: vec![redis("SET", 64, 20_000.0), redis("GET", 64, 25_000.0)],
             notes: Vec::new(),
