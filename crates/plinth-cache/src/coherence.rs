@@ -28,6 +28,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::catalog::KeyspaceCatalog;
 use crate::l1::L1Tier;
+use crate::model::TOMBSTONE_LIFETIME_MS;
 use crate::model::{CacheEntry, CacheKey, KeyspaceScope, Revision, Selector, ValueEncoding};
 use crate::tier::CacheTier;
 
@@ -35,7 +36,6 @@ pub const COHERENCE_CHANNEL: &str = "plinth:cache:coherence";
 /// Outgoing messages waiting for Redis; beyond it a node counts itself as
 /// disconnected (it may have failed to tell others about a write).
 const OUTGOING_QUEUE_CAPACITY: usize = 10_000;
-const TOMBSTONE_LIFETIME_MS: u64 = 60_000;
 /// The most messages sent to Redis in one pipeline.
 const PUBLISH_BATCH_LIMIT: usize = 256;
 

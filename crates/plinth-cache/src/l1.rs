@@ -41,6 +41,7 @@ pub use plinth_core::config::EvictionKind;
 use plinth_core::{Error, ErrorKind, ResourceName, TenantId};
 use serde::{Deserialize, Serialize};
 
+use crate::model::TOMBSTONE_LIFETIME_MS;
 use crate::model::{CacheEntry, CacheKey, KeyspaceScope, Revision, Selector, WriteCondition};
 use crate::pattern::glob_matches;
 use crate::stats::KeyspaceMetricLabels;
@@ -58,10 +59,6 @@ pub struct L1Settings {
 }
 
 type L1Key = (u64, String);
-
-/// How long a marker left for a refused copy keeps older copies out, as
-/// long as the markers the service leaves for deletes.
-const DELETION_MARKER_LIFETIME_MS: u64 = 60_000;
 
 /// What one keyspace's L1 holds and has dropped, exactly, and the same as
 /// Prometheus metrics under the keyspace's bounded label.
@@ -301,7 +298,7 @@ impl KeyspaceL1 {
 /// A deletion marker at `refused`'s revision, living no longer than it would
 /// have.
 fn deletion_marker_for(refused: &CacheEntry) -> CacheEntry {
-    let marker_expiry = crate::clock::now_ms().saturating_add(DELETION_MARKER_LIFETIME_MS);
+    let marker_expiry = crate::clock::now_ms().saturating_add(TOMBSTONE_LIFETIME_MS);
     CacheEntry {
         value: bytes::Bytes::new(),
         encoding: Default::default(),

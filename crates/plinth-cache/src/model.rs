@@ -5,6 +5,12 @@ use bytes::Bytes;
 use plinth_core::{Error, ResourceName, TenantId};
 use serde::{Deserialize, Serialize};
 
+/// How long a deletion marker (tombstone) keeps older copies and late
+/// fills of older values out of a tier, in milliseconds: longer than any
+/// fill or copy takes, short enough that markers do not pile up. Every
+/// tier and the coherence messages use this one figure.
+pub(crate) const TOMBSTONE_LIFETIME_MS: u64 = 60_000;
+
 /// The longest key accepted, in bytes.
 pub const MAX_KEY_LENGTH: usize = 512;
 /// The most tags one entry may carry.

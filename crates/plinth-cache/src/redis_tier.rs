@@ -70,6 +70,7 @@ use plinth_core::{Error, ErrorKind};
 use plinth_engines::RedisEngine;
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
+use crate::model::TOMBSTONE_LIFETIME_MS;
 use crate::model::{
     CacheEntry, CacheKey, KeyspaceScope, Revision, Selector, ValueEncoding, WriteCondition,
     validate_tags,
@@ -81,8 +82,6 @@ use crate::tier::{CacheTier, ConditionalOutcome, KeyPage, not_a_counter};
 const SCAN_PAGE_SIZE: usize = 500;
 /// The most keys `list` scans for one prefix before refusing.
 pub const LIST_SCAN_LIMIT: usize = 100_000;
-/// How long a tombstone refuses older fills, at most.
-const TOMBSTONE_LIFETIME_MS: u64 = 60_000;
 /// The `Content-Type` of counters written by `increment`.
 const COUNTER_CONTENT_TYPE: &str = "text/plain";
 

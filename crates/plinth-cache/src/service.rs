@@ -29,14 +29,13 @@ use crate::events::{CacheChange, CacheEvent, EVENT_BUS_CAPACITY};
 use crate::keyspace::{DurableTierKind, KeyspaceConfig, SharedTierKind, l1_settings};
 use crate::l1::L1Tier;
 use crate::model::{
-    CacheEntry, CacheKey, KeyspaceScope, Revision, Selector, ValueEncoding, WriteCondition,
+    CacheEntry, CacheKey, KeyspaceScope, Revision, Selector, TOMBSTONE_LIFETIME_MS, ValueEncoding,
+    WriteCondition,
 };
 use crate::stats::{KeyspaceStats, StatsRegistry, TierOperation, TierOutcome};
 use crate::tier::{CacheTier, ConditionalOutcome, KeyPage};
 use crate::warming::WarmingJobs;
 
-/// How long a deletion marker keeps older copies out of the faster tiers.
-const TOMBSTONE_LIFETIME: Duration = Duration::from_secs(60);
 /// Redis keys carry `version * L2_EPOCH_SPAN + l2_epoch` as their version,
 /// so bumping either makes every older copy unreachable.
 const L2_EPOCH_SPAN: u64 = 1 << 20;
@@ -484,7 +483,7 @@ impl CacheService {
             tags: Vec::new(),
             revision,
             written_at_ms: now,
-            expires_at_ms: Some(now.saturating_add(TOMBSTONE_LIFETIME.as_millis() as u64)),
+            expires_at_ms: Some(now.saturating_add(TOMBSTONE_LIFETIME_MS)),
             tombstone: true,
         };
         self.propagate_to_copies(&plan, key, &tombstone).await;
