@@ -63,12 +63,18 @@ const EXISTING_IDS: &str = "SELECT stored.stream, stored.event_id, stored.revisi
      FROM plinth_events_events AS stored
      JOIN unnest($2::text[], $3::text[]) AS given(stream, event_id)
        ON stored.stream = given.stream AND stored.event_id = given.event_id
-     WHERE stored.tenant = $1";
+     WHERE stored.tenant = $1
+       AND stored.stream = ANY($2::text[]) AND stored.event_id = ANY($3::text[])";
 
 const FORGET_STREAMS: &str =
     "DELETE FROM plinth_events_streams WHERE tenant = $1 AND stream = ANY($2::text[])";
 
 // The serialisation point (see the module documentation of `postgres`).
+//
+// Joins with `unnest` also name their rows with `= ANY(array)`: a prepared
+// statement keeps the plan it chose while the table was small, and only
+// the `ANY` condition makes that plan an index lookup of the group's rows
+// rather than a scan of every stream of the tenant.
 const APPEND_GROUP_AT_HEAD: &str = "WITH head AS (
         INSERT INTO plinth_events_log_heads AS h (tenant, last_position, last_recorded_us)
         VALUES ($1, $2::bigint - 1, $3::bigint)
@@ -96,7 +102,8 @@ const APPEND_GROUP_AT_HEAD: &str = "WITH head AS (
             visible_from_revision = changed.visible_from_revision
         FROM head, unnest($12::text[], $13::int8[], $14::int8[], $15::bytea[], $16::int8[])
              AS changed(stream, last_revision, last_offset, last_hash, visible_from_revision)
-        WHERE written.tenant = $1 AND written.stream = changed.stream
+        WHERE written.tenant = $1 AND written.stream = ANY($12::text[])
+          AND written.stream = changed.stream
      )
      SELECT first_position FROM head";
 
