@@ -74,6 +74,22 @@ fn leased_positions(batch: &Value) -> Vec<u64> {
         .collect()
 }
 
+/// A lease that may wait 20 s, in the background: its batch and how long
+/// it took.
+fn spawn_waiting_lease(api: &Api) -> tokio::task::JoinHandle<(Value, Duration)> {
+    let waiting_api = api.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let batch = post_ok(
+            &waiting_api,
+            &format!("/v1/subscriptions/{GROUP}/lease"),
+            &json!({ "consumer": "worker-a", "wait": "20s" }),
+        )
+        .await;
+        (batch, started.elapsed())
+    })
+}
+
 async fn status(api: &Api, group: &str) -> Value {
     get_ok(api, &format!("/v1/subscriptions/{group}")).await
 }
@@ -279,17 +295,7 @@ async fn a_waiting_lease_is_answered_when_the_node_shuts_down() {
     .await;
     assert_eq!(created.status, 201, "{}", created.text());
 
-    let waiting_api = api.clone();
-    let waiting = tokio::spawn(async move {
-        let started = Instant::now();
-        let batch = post_ok(
-            &waiting_api,
-            &format!("/v1/subscriptions/{GROUP}/lease"),
-            &json!({ "consumer": "worker-a", "wait": "20s" }),
-        )
-        .await;
-        (batch, started.elapsed())
-    });
+    let waiting = spawn_waiting_lease(&api);
     tokio::time::sleep(Duration::from_millis(300)).await;
     node.send_sigterm();
     let (batch, waited) = waiting.await.expect("the waiting lease");
@@ -329,17 +335,7 @@ async fn a_waiting_lease_is_answered_by_the_next_append() {
         "the lease waited"
     );
 
-    let waiting_api = api.clone();
-    let waiting = tokio::spawn(async move {
-        let started = Instant::now();
-        let batch = post_ok(
-            &waiting_api,
-            &format!("/v1/subscriptions/{GROUP}/lease"),
-            &json!({ "consumer": "worker-a", "wait": "20s" }),
-        )
-        .await;
-        (batch, started.elapsed())
-    });
+    let waiting = spawn_waiting_lease(&api);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let appended = append(&api, "orders-1", &["Paid"]).await;
     let (batch, waited) = waiting.await.expect("the waiting lease");
