@@ -403,11 +403,32 @@ pub(crate) fn snapshot_is_hidden(record: &StreamRecord, snapshot_revision: u64) 
     record.tombstoned || snapshot_revision < record.visible_from_revision()
 }
 
-pub(crate) fn snapshot_ahead_of_stream(
+/// Whether a snapshot at `revision` may be stored for the stream whose
+/// record is `record` (`None`: never written).
+pub(crate) fn check_snapshot_write(
     stream: &StreamName,
+    record: Option<&StreamRecord>,
     revision: u64,
-    record: &StreamRecord,
-) -> Error {
+) -> Result<(), Error> {
+    let Some(record) = record else {
+        return Err(stream_not_found(stream));
+    };
+    if record.tombstoned {
+        return Err(stream_deleted(stream));
+    }
+    if record.version_for_expectations().is_none() {
+        return Err(stream_not_found(stream));
+    }
+    if record
+        .last_revision
+        .is_none_or(|last_revision| revision > last_revision)
+    {
+        return Err(snapshot_ahead_of_stream(stream, revision, record));
+    }
+    Ok(())
+}
+
+fn snapshot_ahead_of_stream(stream: &StreamName, revision: u64, record: &StreamRecord) -> Error {
     let version = match record.last_revision {
         Some(last_revision) => format!("version {last_revision}"),
         None => "no events".to_string(),

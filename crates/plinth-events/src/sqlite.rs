@@ -26,8 +26,8 @@ use crate::model::{
 };
 use crate::rules::{
     AppendPlan, ExistingEvent, ImportPlan, ScavengeCandidate, StreamChange, StreamRecord,
-    apply_stream_change, plan_append, plan_import, removable_prefix, snapshot_ahead_of_stream,
-    snapshot_is_hidden, stream_deleted, stream_not_found,
+    apply_stream_change, check_snapshot_write, plan_append, plan_import, removable_prefix,
+    snapshot_is_hidden,
 };
 use crate::store::{
     EventBackend, ImportOutcome, ImportedEvent, LogEventsQuery, ScavengeBatch, SnapshotWrite,
@@ -340,21 +340,8 @@ fn save_snapshot_in_job(
     stream: &StreamName,
     snapshot: &SnapshotWrite,
 ) -> Result<(), Error> {
-    let Some(record) = load_stream_record(connection, tenant, stream.as_str())? else {
-        return Err(stream_not_found(stream));
-    };
-    if record.tombstoned {
-        return Err(stream_deleted(stream));
-    }
-    if record.version_for_expectations().is_none() {
-        return Err(stream_not_found(stream));
-    }
-    if record
-        .last_revision
-        .is_none_or(|last_revision| snapshot.revision > last_revision)
-    {
-        return Err(snapshot_ahead_of_stream(stream, snapshot.revision, &record));
-    }
+    let record = load_stream_record(connection, tenant, stream.as_str())?;
+    check_snapshot_write(stream, record.as_ref(), snapshot.revision)?;
     connection
         .prepare_cached(
             "INSERT INTO plinth_events_snapshots

@@ -178,8 +178,20 @@ impl AppendGroupWriter {
         // so the locks see the rows the first statement created, and the ids
         // are looked up under the locks.
         let (created_streams, records, existing) = tokio::try_join!(
-            self.ensure_streams(&transaction, &statements, tenant, &streams),
-            self.lock_streams(&transaction, &statements, tenant, &streams),
+            ensure_streams(
+                &self.engine,
+                &transaction,
+                &statements.ensure,
+                tenant,
+                &streams
+            ),
+            lock_streams(
+                &self.engine,
+                &transaction,
+                &statements.lock,
+                tenant,
+                &streams
+            ),
             self.existing_ids(&transaction, &statements, tenant, group),
         )?;
 
@@ -290,47 +302,6 @@ impl AppendGroupWriter {
             forget,
             append_at_head,
         })
-    }
-
-    /// Creates the rows of streams that have none; returns those it created.
-    async fn ensure_streams(
-        &self,
-        transaction: &Transaction<'_>,
-        statements: &GroupStatements,
-        tenant: &str,
-        streams: &[&str],
-    ) -> Result<HashSet<String>, Error> {
-        let genesis: &[u8] = &GENESIS_HASH;
-        let rows = self
-            .engine
-            .run(
-                "events_ensure_streams",
-                transaction.query(&statements.ensure, &[&tenant, &streams, &genesis]),
-            )
-            .await?;
-        Ok(rows.iter().map(|row| row.get(0)).collect())
-    }
-
-    async fn lock_streams(
-        &self,
-        transaction: &Transaction<'_>,
-        statements: &GroupStatements,
-        tenant: &str,
-        streams: &[&str],
-    ) -> Result<HashMap<String, StreamRecord>, Error> {
-        let rows = self
-            .engine
-            .run(
-                "events_lock_streams",
-                transaction.query(&statements.lock, &[&tenant, &streams]),
-            )
-            .await?;
-        let mut records = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let stream: String = row.get(0);
-            records.insert(stream, stream_row(&row, 1).into_record()?);
-        }
-        Ok(records)
     }
 
     /// The stored events, by stream, whose ids the callers gave.
@@ -452,6 +423,48 @@ impl AppendGroupWriter {
             .await?;
         Ok(head.get(0))
     }
+}
+
+/// Creates the rows of `streams` (sorted) that have none, with
+/// [`ENSURE_STREAMS`]; returns those it created.
+pub(super) async fn ensure_streams(
+    engine: &PostgresEngine,
+    transaction: &Transaction<'_>,
+    ensure: &Statement,
+    tenant: &str,
+    streams: &[&str],
+) -> Result<HashSet<String>, Error> {
+    let genesis: &[u8] = &GENESIS_HASH;
+    let rows = engine
+        .run(
+            "events_ensure_streams",
+            transaction.query(ensure, &[&tenant, &streams, &genesis]),
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// Locks the rows of `streams` in name order, with [`lock_streams_sql`];
+/// returns their records by name.
+pub(super) async fn lock_streams(
+    engine: &PostgresEngine,
+    transaction: &Transaction<'_>,
+    lock: &Statement,
+    tenant: &str,
+    streams: &[&str],
+) -> Result<HashMap<String, StreamRecord>, Error> {
+    let rows = engine
+        .run(
+            "events_lock_streams",
+            transaction.query(lock, &[&tenant, &streams]),
+        )
+        .await?;
+    let mut records = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let stream: String = row.get(0);
+        records.insert(stream, stream_row(&row, 1).into_record()?);
+    }
+    Ok(records)
 }
 
 struct GroupStatements {

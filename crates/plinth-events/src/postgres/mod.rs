@@ -48,7 +48,7 @@ mod append_group;
 mod append_queue;
 mod commit_signals;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
@@ -59,7 +59,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement, Transaction};
 use uuid::Uuid;
 
-use crate::chain::{GENESIS_HASH, hash_from_bytes};
+use crate::chain::hash_from_bytes;
 use crate::migrations::{
     EVENT_COLUMNS, EventRow, STREAM_COLUMNS, StreamRow, from_column, micros_to_time, to_column,
 };
@@ -68,16 +68,17 @@ use crate::model::{
 };
 use crate::notify::CommitNotifier;
 use crate::rules::{
-    ImportPlan, ScavengeCandidate, StreamChange, StreamRecord, apply_stream_change, plan_import,
-    removable_prefix, snapshot_ahead_of_stream, snapshot_is_hidden, stream_deleted,
-    stream_not_found,
+    ImportPlan, ScavengeCandidate, StreamChange, StreamRecord, apply_stream_change,
+    check_snapshot_write, plan_import, removable_prefix, snapshot_is_hidden,
 };
 use crate::store::{
     EventBackend, ImportOutcome, ImportedEvent, LogEventsQuery, ScavengeBatch, SnapshotWrite,
     StreamEventsQuery, StreamKey,
 };
 use crate::validation::PreparedEvent;
-use append_group::{AppendGroupWriter, ENSURE_STREAMS, lock_streams_sql};
+use append_group::{
+    AppendGroupWriter, ENSURE_STREAMS, ensure_streams, lock_streams, lock_streams_sql,
+};
 use append_queue::AppendQueue;
 use commit_signals::CommitSignals;
 
@@ -88,14 +89,6 @@ pub(crate) struct PostgresEventBackend {
     appends: AppendQueue,
     commit_signals: Arc<CommitSignals>,
 }
-
-// A new stream's row, so there is a row to lock. Rolled back with the
-// transaction when the append is refused.
-const ENSURE_STREAM: &str = "INSERT INTO plinth_events_streams
-        (tenant, stream, last_revision, last_position, last_hash, visible_from_revision,
-         soft_deleted, tombstoned, scavenged_before_revision, scavenged_anchor_hash)
-     VALUES ($1, $2, -1, -1, $3, 0, FALSE, FALSE, 0, $3)
-     ON CONFLICT (tenant, stream) DO NOTHING";
 
 fn lock_stream_sql() -> String {
     format!(
@@ -241,32 +234,6 @@ impl PostgresEventBackend {
             .map_err(|_| Error::internal("prepared a different number of statements than asked"))
     }
 
-    /// Creates the stream's row when missing and locks it.
-    async fn lock_stream(
-        &self,
-        transaction: &Transaction<'_>,
-        ensure: &Statement,
-        lock: &Statement,
-        tenant: &str,
-        stream: &str,
-    ) -> Result<StreamRecord, Error> {
-        let genesis: &[u8] = &GENESIS_HASH;
-        self.engine
-            .run(
-                "events_ensure_stream",
-                transaction.execute(ensure, &[&tenant, &stream, &genesis]),
-            )
-            .await?;
-        let row = self
-            .engine
-            .run(
-                "events_lock_stream",
-                transaction.query_one(lock, &[&tenant, &stream]),
-            )
-            .await?;
-        stream_row(&row, 0).into_record()
-    }
-
     async fn write_record(
         &self,
         transaction: &Transaction<'_>,
@@ -353,16 +320,21 @@ impl EventBackend for PostgresEventBackend {
             .prepare(
                 &client,
                 "events_change_stream_prepare",
-                [ENSURE_STREAM, &lock_stream_sql(), UPSERT_STREAM],
+                [ENSURE_STREAMS, &lock_streams_sql(), UPSERT_STREAM],
             )
             .await?;
         let transaction = self
             .engine
             .run("events_change_stream_begin", client.transaction())
             .await?;
-        let record = self
-            .lock_stream(&transaction, &ensure, &lock, tenant, stream.as_str())
-            .await?;
+        let streams = [stream.as_str()];
+        ensure_streams(&self.engine, &transaction, &ensure, tenant, &streams).await?;
+        let mut records = lock_streams(&self.engine, &transaction, &lock, tenant, &streams).await?;
+        let record = records.remove(stream.as_str()).ok_or_else(|| {
+            Error::internal(format!(
+                "the row of stream `{stream}` was not there to lock"
+            ))
+        })?;
         let changed = match apply_stream_change(stream, &record, &change) {
             Ok(changed) => changed,
             Err(refused) => {
@@ -451,21 +423,7 @@ impl EventBackend for PostgresEventBackend {
         // Checked, then written: a hard delete landing in between leaves a
         // snapshot that reads never reach and the next scavenge removes.
         let record = self.stream_record(tenant, stream).await?;
-        let Some(record) = record else {
-            return Err(stream_not_found(stream));
-        };
-        if record.tombstoned {
-            return Err(stream_deleted(stream));
-        }
-        if record.version_for_expectations().is_none() {
-            return Err(stream_not_found(stream));
-        }
-        if record
-            .last_revision
-            .is_none_or(|last_revision| snapshot.revision > last_revision)
-        {
-            return Err(snapshot_ahead_of_stream(stream, snapshot.revision, &record));
-        }
+        check_snapshot_write(stream, record.as_ref(), snapshot.revision)?;
         let revision = to_column(snapshot.revision, "revision")?;
         let schema_version = schema_version_column(snapshot.schema_version)?;
         self.engine
@@ -713,14 +671,14 @@ impl EventBackend for PostgresEventBackend {
     ) -> Result<Vec<ImportOutcome>, Error> {
         let tenant = tenant.as_str();
         let mut client = self.engine.acquire().await?;
-        let lock_streams = lock_streams_sql();
+        let lock_sql = lock_streams_sql();
         let [ensure, lock, stored_at, upsert, advance, insert] = self
             .prepare(
                 &client,
                 "events_import_prepare",
                 [
                     ENSURE_STREAMS,
-                    &lock_streams,
+                    &lock_sql,
                     "SELECT event_id, hash FROM plinth_events_events
                      WHERE tenant = $1 AND stream = $2 AND revision = $3",
                     UPSERT_STREAM,
@@ -738,25 +696,8 @@ impl EventBackend for PostgresEventBackend {
         let mut streams: Vec<&str> = events.iter().map(|event| event.stream.as_str()).collect();
         streams.sort_unstable();
         streams.dedup();
-        let genesis: &[u8] = &GENESIS_HASH;
-        self.engine
-            .run(
-                "events_import_ensure_streams",
-                transaction.query(&ensure, &[&tenant, &streams, &genesis]),
-            )
-            .await?;
-        let locked = self
-            .engine
-            .run(
-                "events_import_lock_streams",
-                transaction.query(&lock, &[&tenant, &streams]),
-            )
-            .await?;
-        let mut records = HashMap::with_capacity(locked.len());
-        for row in locked {
-            let stream: String = row.get(0);
-            records.insert(stream, stream_row(&row, 1).into_record()?);
-        }
+        ensure_streams(&self.engine, &transaction, &ensure, tenant, &streams).await?;
+        let mut records = lock_streams(&self.engine, &transaction, &lock, tenant, &streams).await?;
         let mut changed_streams = BTreeSet::new();
         let mut outcomes = Vec::with_capacity(events.len());
         for event in &events {
