@@ -13,6 +13,7 @@
 pub mod health;
 pub mod migrations;
 pub mod postgres;
+pub mod postgres_transaction;
 pub mod redis;
 pub mod sqlite;
 mod store;

@@ -1,6 +1,7 @@
 //! The PostgreSQL engine: a connection pool (deadpool) with a minimum and
-//! maximum size, an acquire timeout, recycling with a health check,
-//! connection lifetime limits, prepared-statement caching, and pool metrics.
+//! maximum size, an acquire timeout, recycling with a health check of
+//! connections that sat idle, connection lifetime limits,
+//! prepared-statement caching, and pool metrics.
 //!
 //! Callers acquire a client with [`PostgresEngine::acquire`] and run each
 //! query or transaction through [`PostgresEngine::run`], so every round
@@ -10,9 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
-};
+use deadpool::managed::{self, Metrics, Object, Pool, RecycleResult};
+use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, RecyclingMethod, Runtime};
 use plinth_core::config::PostgresConfig;
 use plinth_core::resilience::{
     CircuitBreaker, EngineGuard, RetryBudget, RetryBudgetConfig, RetryPolicy, retry,
@@ -26,9 +26,51 @@ use crate::health::{HealthProbe, ProbeFailure};
 const ENGINE_NAME: &str = "postgres";
 /// How often idle connections past their lifetime are replaced.
 const MAINTENANCE_PERIOD: Duration = Duration::from_secs(15);
+/// A connection taken from the pool within this time of its last use is
+/// handed out without a health check (a round trip); one idle for longer
+/// is checked first. The idea and the value are HikariCP's.
+const VERIFY_CONNECTIONS_IDLE_FOR: Duration = Duration::from_millis(500);
 
 /// A pooled client; dropping it returns the connection to the pool.
-pub type PooledClient = Object;
+pub type PooledClient = Object<IdleVerifyingManager>;
+type PoolError = managed::PoolError<tokio_postgres::Error>;
+
+/// deadpool's PostgreSQL manager, with its health check (an empty query)
+/// run only on connections that sat idle for
+/// [`VERIFY_CONNECTIONS_IDLE_FOR`]. Checking every connection it hands out
+/// cost each transaction one more round trip, while a connection used a
+/// moment ago is known to be good, and a closed one is caught without a
+/// round trip. A connection that breaks anyway fails its call, which the
+/// breaker counts like any other failure.
+#[derive(Debug)]
+pub struct IdleVerifyingManager {
+    verifying_manager: Manager,
+}
+
+impl managed::Manager for IdleVerifyingManager {
+    type Type = ClientWrapper;
+    type Error = tokio_postgres::Error;
+
+    async fn create(&self) -> Result<ClientWrapper, tokio_postgres::Error> {
+        self.verifying_manager.create().await
+    }
+
+    async fn recycle(
+        &self,
+        client: &mut ClientWrapper,
+        metrics: &Metrics,
+    ) -> RecycleResult<tokio_postgres::Error> {
+        let used_a_moment_ago = metrics.last_used() < VERIFY_CONNECTIONS_IDLE_FOR;
+        if used_a_moment_ago && !client.is_closed() {
+            return Ok(());
+        }
+        self.verifying_manager.recycle(client, metrics).await
+    }
+
+    fn detach(&self, client: &mut ClientWrapper) {
+        self.verifying_manager.detach(client);
+    }
+}
 
 /// A connection outside the pool (see [`PostgresEngine::connect_dedicated`]):
 /// the caller must poll it for the client to make progress.
@@ -36,7 +78,7 @@ pub type DedicatedConnection =
     tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>;
 
 pub struct PostgresEngine {
-    pool: Pool,
+    pool: Pool<IdleVerifyingManager>,
     driver_config: tokio_postgres::Config,
     config: PostgresConfig,
     guard: EngineGuard,
@@ -77,13 +119,15 @@ impl PostgresEngine {
                 "storage.url is not a valid postgres:// URL",
             )
         })?;
-        let manager = Manager::from_config(
-            driver_config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Verified,
-            },
-        );
+        let manager = IdleVerifyingManager {
+            verifying_manager: Manager::from_config(
+                driver_config.clone(),
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Verified,
+                },
+            ),
+        };
         let acquire_timeout = config.acquire_timeout.as_duration();
         let pool = Pool::builder(manager)
             .max_size(config.pool_max_size.max(1))
@@ -276,7 +320,7 @@ fn is_worth_retrying(error: &Error) -> bool {
 }
 
 fn pool_failure(pool_error: PoolError) -> Error {
-    if matches!(pool_error, PoolError::Timeout(_)) {
+    if matches!(pool_error, managed::PoolError::Timeout(_)) {
         metrics::counter!("plinth_pool_exhausted_total", "engine" => ENGINE_NAME).increment(1);
         return Error::unavailable(
             "engine_pool_exhausted",
@@ -284,7 +328,7 @@ fn pool_failure(pool_error: PoolError) -> Error {
             Duration::from_secs(1),
         );
     }
-    if let PoolError::Backend(backend_error) = pool_error {
+    if let managed::PoolError::Backend(backend_error) = pool_error {
         return postgres_failure(backend_error);
     }
     Error::unavailable(

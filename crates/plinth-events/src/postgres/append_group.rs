@@ -26,14 +26,15 @@ use std::sync::Arc;
 use plinth_core::{Error, TenantId};
 use plinth_engines::PostgresEngine;
 use plinth_engines::postgres::PooledClient;
+use plinth_engines::postgres_transaction::{COMMIT, PipelinedTransaction, ROLLBACK};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Statement, Transaction};
+use tokio_postgres::{Client, GenericClient, Statement};
 use uuid::Uuid;
 
 use crate::chain::GENESIS_HASH;
 use crate::migrations::{STREAM_COLUMNS, StreamRow, from_column, to_column};
 use crate::model::{AppendError, AppendResult, AppendedEvent};
-use crate::postgres::append_queue::{PendingAppend, reply_to_all};
+use crate::postgres::append_queue::{GroupInFlight, PendingAppend, reply_to_all};
 use crate::postgres::commit_signals::CommitSignals;
 use crate::postgres::{schema_version_column, stream_row};
 use crate::rules::{AppendPlan, ExistingEvent, PlannedWrite, StreamRecord, plan_append};
@@ -132,8 +133,13 @@ impl AppendGroupWriter {
 
     /// Writes the group and answers every append, with the transaction's
     /// failure when it fails.
-    pub async fn write_and_reply(&self, tenant: &TenantId, group: Vec<PendingAppend>) {
-        if let Err((failure, group)) = self.write(tenant, group).await {
+    pub async fn write_and_reply(
+        &self,
+        tenant: &TenantId,
+        group: Vec<PendingAppend>,
+        in_flight: &mut GroupInFlight,
+    ) {
+        if let Err((failure, group)) = self.write(tenant, group, in_flight).await {
             reply_to_all(group, &failure);
         }
     }
@@ -144,8 +150,9 @@ impl AppendGroupWriter {
         &self,
         tenant: &TenantId,
         group: Vec<PendingAppend>,
+        in_flight: &mut GroupInFlight,
     ) -> Result<(), (Error, Vec<PendingAppend>)> {
-        let answers = match self.run_transaction(tenant, &group).await {
+        let answers = match self.run_transaction(tenant, &group, in_flight).await {
             Ok(answers) => answers,
             Err(failure) => return Err((failure, group)),
         };
@@ -160,14 +167,13 @@ impl AppendGroupWriter {
         &self,
         tenant_id: &TenantId,
         group: &[PendingAppend],
+        in_flight: &mut GroupInFlight,
     ) -> Result<Vec<Answer>, Error> {
         let tenant = tenant_id.as_str();
-        let mut client = self.engine.acquire().await?;
+        let client = self.engine.acquire().await?;
         let statements = self.prepare(&client).await?;
-        let transaction = self
-            .engine
-            .run("events_append_begin", client.transaction())
-            .await?;
+        let transaction = PipelinedTransaction::new(client);
+        let client = transaction.client();
         let mut streams: Vec<&str> = group
             .iter()
             .map(|pending| pending.stream.as_str())
@@ -175,24 +181,14 @@ impl AppendGroupWriter {
         streams.sort_unstable();
         // Pipelined: sent together, run one after the other in this order
         // (a connection runs its statements in the order it received them),
-        // so the locks see the rows the first statement created, and the ids
-        // are looked up under the locks.
-        let (created_streams, records, existing) = tokio::try_join!(
-            ensure_streams(
-                &self.engine,
-                &transaction,
-                &statements.ensure,
-                tenant,
-                &streams
-            ),
-            lock_streams(
-                &self.engine,
-                &transaction,
-                &statements.lock,
-                tenant,
-                &streams
-            ),
-            self.existing_ids(&transaction, &statements, tenant, group),
+        // so the statements are planned for keyed lookups, the locks see
+        // the rows the ensuring statement created, and the ids are looked
+        // up under the locks.
+        let ((), created_streams, records, existing) = tokio::try_join!(
+            begin_keyed_transaction(&self.engine, client),
+            ensure_streams(&self.engine, client, &statements.ensure, tenant, &streams),
+            lock_streams(&self.engine, client, &statements.lock, tenant, &streams),
+            self.existing_ids(client, &statements, tenant, group),
         )?;
 
         let mut answers: Vec<Option<Answer>> = Vec::with_capacity(group.len());
@@ -234,32 +230,24 @@ impl AppendGroupWriter {
         if writes.is_empty() {
             // Also takes back the rows of streams this transaction created.
             self.engine
-                .run("events_append_rollback", transaction.rollback())
+                .run("events_append_rollback", client.batch_execute(ROLLBACK))
                 .await?;
+            transaction.ended();
             return Ok(answers.into_iter().flatten().collect());
         }
-        self.forget_unwritten_streams(
-            &transaction,
-            &statements,
-            tenant,
-            &created_streams,
-            group,
-            &answers,
-        )
-        .await?;
-        let first_position = self
-            .append_at_head(
-                &transaction,
-                &statements,
-                tenant,
-                group,
-                &writes,
-                event_count,
-            )
-            .await?;
-        self.engine
-            .run("events_append_commit", transaction.commit())
-            .await?;
+        let unwritten_streams = unwritten_created_streams(&created_streams, group, &answers);
+        in_flight.entering_commit_phase();
+        // Pipelined as well, `COMMIT` included: the counter row is locked
+        // only while the server runs the last statement and the commit.
+        // The server rolls back instead of committing when a statement
+        // before the `COMMIT` failed, and `try_join` reports that failure.
+        let ((), first_position, ()) = tokio::try_join!(
+            self.forget_streams(client, &statements, tenant, &unwritten_streams),
+            self.append_at_head(client, &statements, tenant, group, &writes, event_count),
+            self.engine
+                .run("events_append_commit", client.batch_execute(COMMIT)),
+        )?;
+        transaction.ended();
         let last_position = first_position + event_count - 1;
         self.commit_signals
             .publish(tenant_id, from_column(last_position, "position")?);
@@ -307,7 +295,7 @@ impl AppendGroupWriter {
     /// The stored events, by stream, whose ids the callers gave.
     async fn existing_ids(
         &self,
-        transaction: &Transaction<'_>,
+        client: &Client,
         statements: &GroupStatements,
         tenant: &str,
         group: &[PendingAppend],
@@ -329,7 +317,7 @@ impl AppendGroupWriter {
             .engine
             .run(
                 "events_existing_ids",
-                transaction.query(
+                client.query(
                     &statements.existing_ids,
                     &[&tenant, &given_streams, &given_ids],
                 ),
@@ -349,31 +337,21 @@ impl AppendGroupWriter {
         Ok(existing)
     }
 
-    /// Removes the rows this transaction created for streams whose append
-    /// was refused, so the stream stays absent.
-    async fn forget_unwritten_streams(
+    /// Removes the rows of `streams`, which this transaction created.
+    async fn forget_streams(
         &self,
-        transaction: &Transaction<'_>,
+        client: &Client,
         statements: &GroupStatements,
         tenant: &str,
-        created_streams: &HashSet<String>,
-        group: &[PendingAppend],
-        answers: &[Option<Answer>],
+        streams: &[&str],
     ) -> Result<(), Error> {
-        let mut unwritten = Vec::new();
-        for (pending, answer) in group.iter().zip(answers) {
-            let decided_without_write = answer.is_some();
-            if decided_without_write && created_streams.contains(pending.stream.as_str()) {
-                unwritten.push(pending.stream.as_str());
-            }
-        }
-        if unwritten.is_empty() {
+        if streams.is_empty() {
             return Ok(());
         }
         self.engine
             .run(
                 "events_forget_streams",
-                transaction.execute(&statements.forget, &[&tenant, &unwritten]),
+                client.execute(&statements.forget, &[&tenant, &streams]),
             )
             .await?;
         Ok(())
@@ -383,7 +361,7 @@ impl AppendGroupWriter {
     /// one statement; returns the group's first position.
     async fn append_at_head(
         &self,
-        transaction: &Transaction<'_>,
+        client: &Client,
         statements: &GroupStatements,
         tenant: &str,
         group: &[PendingAppend],
@@ -418,18 +396,44 @@ impl AppendGroupWriter {
             .engine
             .run(
                 "events_append_at_head",
-                transaction.query_one(&statements.append_at_head, &parameters),
+                client.query_one(&statements.append_at_head, &parameters),
             )
             .await?;
         Ok(head.get(0))
     }
 }
 
+/// Opens a transaction that plans its statements for the values of each
+/// run rather than keeping one generic plan per statement.
+///
+/// A prepared statement settles on a generic plan after five runs, made
+/// with the statistics of that moment, and keeps it. On a young node's
+/// tables (empty, or not yet analyzed) scanning looks cheapest, and the
+/// kept plan went on scanning every stream of the tenant once the tables
+/// had grown: `auto_explain` showed 3 to 15 ms per group at 10,000
+/// streams. Turning sequential scans off was not enough: the generic plan
+/// then scanned the tenant's index range and filtered the streams. A plan
+/// made per run knows how many streams the group names and how large the
+/// tables are now; it costs some planning per group. Appends, imports and
+/// stream changes open their transactions so; other statements are not
+/// affected.
+pub(super) async fn begin_keyed_transaction(
+    engine: &PostgresEngine,
+    client: &Client,
+) -> Result<(), Error> {
+    engine
+        .run(
+            "events_begin",
+            client.batch_execute("BEGIN; SET LOCAL plan_cache_mode = force_custom_plan"),
+        )
+        .await
+}
+
 /// Creates the rows of `streams` (sorted) that have none, with
 /// [`ENSURE_STREAMS`]; returns those it created.
 pub(super) async fn ensure_streams(
     engine: &PostgresEngine,
-    transaction: &Transaction<'_>,
+    client: &impl GenericClient,
     ensure: &Statement,
     tenant: &str,
     streams: &[&str],
@@ -438,7 +442,7 @@ pub(super) async fn ensure_streams(
     let rows = engine
         .run(
             "events_ensure_streams",
-            transaction.query(ensure, &[&tenant, &streams, &genesis]),
+            client.query(ensure, &[&tenant, &streams, &genesis]),
         )
         .await?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
@@ -448,7 +452,7 @@ pub(super) async fn ensure_streams(
 /// returns their records by name.
 pub(super) async fn lock_streams(
     engine: &PostgresEngine,
-    transaction: &Transaction<'_>,
+    client: &impl GenericClient,
     lock: &Statement,
     tenant: &str,
     streams: &[&str],
@@ -456,7 +460,7 @@ pub(super) async fn lock_streams(
     let rows = engine
         .run(
             "events_lock_streams",
-            transaction.query(lock, &[&tenant, &streams]),
+            client.query(lock, &[&tenant, &streams]),
         )
         .await?;
     let mut records = HashMap::with_capacity(rows.len());
@@ -465,6 +469,24 @@ pub(super) async fn lock_streams(
         records.insert(stream, stream_row(&row, 1).into_record()?);
     }
     Ok(records)
+}
+
+/// The streams whose rows this transaction created but whose append was
+/// decided without a write (refused or replayed): their rows must go, so
+/// such a stream stays absent.
+fn unwritten_created_streams<'group>(
+    created_streams: &HashSet<String>,
+    group: &'group [PendingAppend],
+    answers: &[Option<Answer>],
+) -> Vec<&'group str> {
+    let mut unwritten = Vec::new();
+    for (pending, answer) in group.iter().zip(answers) {
+        let decided_without_write = answer.is_some();
+        if decided_without_write && created_streams.contains(pending.stream.as_str()) {
+            unwritten.push(pending.stream.as_str());
+        }
+    }
+    unwritten
 }
 
 struct GroupStatements {

@@ -14,10 +14,21 @@
 //!
 //! # Rules
 //!
-//! - At most [`GROUPS_IN_FLIGHT_PER_TENANT`] groups of a tenant run at once
-//!   on a node, each in a task of its own, so a client that disconnects
+//! - A group has two phases: it locks its streams and decides its appends
+//!   (one round trip), then writes and commits (one more, the commit's WAL
+//!   flush included). The next group of the tenant starts when the
+//!   previous one enters its commit phase, with every append that waited
+//!   meanwhile: its locks are taken while the previous group commits, and
+//!   its counter statement waits at the database, so the counter row is
+//!   not left idle between two commits. At most
+//!   [`GROUPS_IN_FLIGHT_PER_TENANT`] groups are in flight, and one at a
+//!   time is deciding. (Starting a group at every free slot instead made
+//!   groups of one append under steady load: each arrival found a slot.)
+//! - Each group runs in a task of its own, so a client that disconnects
 //!   never cancels the appends of the others (its own append still runs:
-//!   it was sent).
+//!   it was sent), and a panic while writing drops only that group's
+//!   reply channels: its clients get an error and the tenant's queue
+//!   keeps moving.
 //! - A group holds at most one append per stream, and no append to a
 //!   stream of a group still running; such an append waits for a later
 //!   group, so appends to one stream keep their arrival order and each is
@@ -45,10 +56,8 @@ use crate::validation::PreparedEvent;
 
 /// Appends that may wait for a group, per tenant and node.
 pub(crate) const MAX_WAITING_APPENDS_PER_TENANT: usize = 4096;
-/// Groups of one tenant written at once by a node. With two, the next
-/// group locks its streams while the previous one commits, and its
-/// counter statement waits at the database, so the counter row is never
-/// idle for a round trip between two commits.
+/// Groups of one tenant written at once by a node: one committing, the
+/// next deciding.
 const GROUPS_IN_FLIGHT_PER_TENANT: usize = 2;
 /// At most this many appends commit in one transaction.
 const MAX_APPENDS_PER_GROUP: usize = 256;
@@ -79,11 +88,14 @@ impl PendingAppend {
 }
 
 /// A tenant's appends on this node: those waiting, and the groups being
-/// written. A tenant has an entry exactly while it has a group task.
+/// written. A tenant has an entry while it has appends waiting or groups
+/// in flight.
 #[derive(Default)]
 struct TenantAppends {
     waiting: VecDeque<PendingAppend>,
-    group_tasks: usize,
+    groups_in_flight: usize,
+    /// A group is locking its streams and deciding its appends.
+    group_deciding: bool,
     /// Streams of the groups being written, which a new group must leave
     /// out.
     streams_in_flight: HashSet<StreamName>,
@@ -91,16 +103,23 @@ struct TenantAppends {
 
 type AppendsByTenant = HashMap<TenantId, TenantAppends>;
 
+/// What the queue and its group tasks share.
+struct QueueState {
+    by_tenant: Mutex<AppendsByTenant>,
+    writer: AppendGroupWriter,
+}
+
 pub(crate) struct AppendQueue {
-    by_tenant: Arc<Mutex<AppendsByTenant>>,
-    writer: Arc<AppendGroupWriter>,
+    state: Arc<QueueState>,
 }
 
 impl AppendQueue {
     pub fn new(writer: AppendGroupWriter) -> Self {
         AppendQueue {
-            by_tenant: Arc::new(Mutex::new(HashMap::new())),
-            writer: Arc::new(writer),
+            state: Arc::new(QueueState {
+                by_tenant: Mutex::new(HashMap::new()),
+                writer,
+            }),
         }
     }
 
@@ -133,10 +152,7 @@ impl AppendQueue {
     }
 
     fn enqueue(&self, tenant: &TenantId, pending: PendingAppend) -> Result<(), Error> {
-        let mut by_tenant = self
-            .by_tenant
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut by_tenant = lock(&self.state.by_tenant);
         let appends = by_tenant.entry(tenant.clone()).or_default();
         if appends.waiting.len() >= MAX_WAITING_APPENDS_PER_TENANT {
             return Err(Error::unavailable(
@@ -148,68 +164,90 @@ impl AppendQueue {
             ));
         }
         appends.waiting.push_back(pending);
-        if appends.group_tasks >= GROUPS_IN_FLIGHT_PER_TENANT {
-            return Ok(());
-        }
-        appends.group_tasks += 1;
-        drop(by_tenant);
-        tokio::spawn(run_groups(
-            tenant.clone(),
-            Arc::clone(&self.by_tenant),
-            Arc::clone(&self.writer),
-        ));
+        start_next_group(&self.state, &mut by_tenant, tenant);
         Ok(())
     }
 }
 
-/// Writes the tenant's waiting appends group after group, until it finds
-/// none it may take; the last task of a tenant with nothing waiting
-/// removes the tenant's entry.
-async fn run_groups(
+fn lock(by_tenant: &Mutex<AppendsByTenant>) -> std::sync::MutexGuard<'_, AppendsByTenant> {
+    by_tenant.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Starts the tenant's next group in a task of its own, when no group is
+/// deciding, fewer than [`GROUPS_IN_FLIGHT_PER_TENANT`] are in flight and
+/// a waiting append may go now (one for a stream in flight waits for its
+/// group to end, which calls this again). Forgets a tenant with nothing
+/// waiting and nothing in flight.
+fn start_next_group(state: &Arc<QueueState>, by_tenant: &mut AppendsByTenant, tenant: &TenantId) {
+    let Some(appends) = by_tenant.get_mut(tenant) else {
+        return;
+    };
+    if appends.group_deciding || appends.groups_in_flight >= GROUPS_IN_FLIGHT_PER_TENANT {
+        return;
+    }
+    let group = take_group(&mut appends.waiting, &appends.streams_in_flight);
+    if group.is_empty() {
+        if appends.groups_in_flight == 0 && appends.waiting.is_empty() {
+            by_tenant.remove(tenant);
+        }
+        return;
+    }
+    let mut streams = Vec::with_capacity(group.len());
+    for pending in &group {
+        appends.streams_in_flight.insert(pending.stream.clone());
+        streams.push(pending.stream.clone());
+    }
+    appends.groups_in_flight += 1;
+    appends.group_deciding = true;
+    let in_flight = GroupInFlight {
+        state: Arc::clone(state),
+        tenant: tenant.clone(),
+        streams,
+        deciding: true,
+    };
+    tokio::spawn(write_group(in_flight, group));
+}
+
+/// A group between its start and its end, as the queue tracks it. Its
+/// phase changes and its end (also by a panic: this is a drop guard) let
+/// the tenant's next group start.
+pub(crate) struct GroupInFlight {
+    state: Arc<QueueState>,
     tenant: TenantId,
-    by_tenant: Arc<Mutex<AppendsByTenant>>,
-    writer: Arc<AppendGroupWriter>,
-) {
-    loop {
-        let Some(group) = next_group(&tenant, &by_tenant) else {
+    streams: Vec<StreamName>,
+    deciding: bool,
+}
+
+impl GroupInFlight {
+    /// The group's locks are held and its appends decided: the next group
+    /// may start deciding while this one commits.
+    pub fn entering_commit_phase(&mut self) {
+        if !self.deciding {
             return;
-        };
-        let streams: Vec<StreamName> = group.iter().map(|pending| pending.stream.clone()).collect();
-        // A task of its own, so that a panic while writing drops only this
-        // group's reply channels (its clients get an error) and the tenant's
-        // queue keeps moving.
-        let written = tokio::spawn(write_group(tenant.clone(), group, Arc::clone(&writer)));
-        if let Err(join_error) = written.await {
-            tracing::error!(error = %join_error, "an append group's task failed");
         }
-        let mut by_tenant = by_tenant.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(appends) = by_tenant.get_mut(&tenant) {
-            for stream in &streams {
-                appends.streams_in_flight.remove(stream);
-            }
+        self.deciding = false;
+        let mut by_tenant = lock(&self.state.by_tenant);
+        if let Some(appends) = by_tenant.get_mut(&self.tenant) {
+            appends.group_deciding = false;
         }
+        start_next_group(&self.state, &mut by_tenant, &self.tenant);
     }
 }
 
-/// Takes the tenant's next group and marks its streams in flight; `None`
-/// (and this task counted out) when no waiting append may go now. An
-/// append left waiting then is for a stream in flight, whose group's task
-/// takes it next.
-fn next_group(tenant: &TenantId, by_tenant: &Mutex<AppendsByTenant>) -> Option<Vec<PendingAppend>> {
-    let mut by_tenant = by_tenant.lock().unwrap_or_else(PoisonError::into_inner);
-    let appends = by_tenant.get_mut(tenant)?;
-    let group = take_group(&mut appends.waiting, &appends.streams_in_flight);
-    if group.is_empty() {
-        appends.group_tasks -= 1;
-        if appends.group_tasks == 0 && appends.waiting.is_empty() {
-            by_tenant.remove(tenant);
+impl Drop for GroupInFlight {
+    fn drop(&mut self) {
+        let mut by_tenant = lock(&self.state.by_tenant);
+        if let Some(appends) = by_tenant.get_mut(&self.tenant) {
+            for stream in &self.streams {
+                appends.streams_in_flight.remove(stream);
+            }
+            appends.groups_in_flight -= 1;
+            if self.deciding {
+                appends.group_deciding = false;
+            }
         }
-        return None;
+        start_next_group(&self.state, &mut by_tenant, &self.tenant);
     }
-    for pending in &group {
-        appends.streams_in_flight.insert(pending.stream.clone());
-    }
-    Some(group)
 }
 
 /// Takes the next group off the front of the queue: oldest first, one
@@ -244,12 +282,15 @@ fn take_group(
     group
 }
 
-async fn write_group(tenant: TenantId, group: Vec<PendingAppend>, writer: Arc<AppendGroupWriter>) {
+async fn write_group(mut in_flight: GroupInFlight, group: Vec<PendingAppend>) {
+    let state = Arc::clone(&in_flight.state);
+    let writer = &state.writer;
+    let tenant = in_flight.tenant.clone();
     if group.len() == 1 {
-        writer.write_and_reply(&tenant, group).await;
+        writer.write_and_reply(&tenant, group, &mut in_flight).await;
         return;
     }
-    let Err((failure, group)) = writer.write(&tenant, group).await else {
+    let Err((failure, group)) = writer.write(&tenant, group, &mut in_flight).await else {
         return;
     };
     if failure.kind() != ErrorKind::Internal {
@@ -262,7 +303,9 @@ async fn write_group(tenant: TenantId, group: Vec<PendingAppend>, writer: Arc<Ap
         "an append group failed in PostgreSQL; retrying its appends one by one"
     );
     for pending in group {
-        writer.write_and_reply(&tenant, vec![pending]).await;
+        writer
+            .write_and_reply(&tenant, vec![pending], &mut in_flight)
+            .await;
     }
 }
 

@@ -11,7 +11,11 @@
 //!   position)` for a publisher task (bounded at [`QUEUED_SIGNALS`]; when
 //!   full, the signal is dropped and counted in
 //!   `plinth_events_commit_signals_dropped_total`). The publisher sends
-//!   what queued as one `pg_notify` statement, one signal per tenant.
+//!   what queued as one `pg_notify` statement, one signal per tenant, and
+//!   then waits out [`SIGNAL_SPACING`] before the next statement: under
+//!   load a node sends a few hundred notifications a second rather than
+//!   one per commit (each is a transaction, and wakes every listener),
+//!   for at most that much more latency on other nodes.
 //!   The notification is not sent inside the append's transaction: a
 //!   notifying commit takes a database-wide lock until its WAL flush, which
 //!   would make every tenant's commits take turns.
@@ -37,6 +41,8 @@ use crate::notify::CommitNotifier;
 
 /// Signals waiting for the publisher.
 const QUEUED_SIGNALS: usize = 1024;
+/// The least time between two `pg_notify` statements of a node.
+const SIGNAL_SPACING: Duration = Duration::from_millis(5);
 /// The most signals one `pg_notify` statement sends.
 const SIGNALS_PER_STATEMENT: usize = 256;
 const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
@@ -93,6 +99,7 @@ async fn publish_signals(
         let Some(engine) = engine.upgrade() else {
             return;
         };
+        let sent_at = tokio::time::Instant::now();
         let signals = highest_position_per_tenant(queued.drain(..));
         if let Err(failure) = engine
             .query_cached("events_signal_commits", PUBLISH, &[&signals])
@@ -100,6 +107,8 @@ async fn publish_signals(
         {
             tracing::debug!(error = %failure, "commit signals not sent; subscribers will poll");
         }
+        drop(engine);
+        tokio::time::sleep_until(sent_at + SIGNAL_SPACING).await;
     }
 }
 

@@ -42,7 +42,10 @@
 //!
 //! Every statement runs through the engine's guard (breaker and timeout)
 //! and is prepared once per connection (`prepare_cached`), before the
-//! transaction borrows the connection.
+//! transaction borrows the connection. Appends, imports and stream changes
+//! send `BEGIN` with their first statements and `COMMIT` behind their last
+//! one (`PipelinedTransaction`): an append group costs two round trips,
+//! and the counter row is never locked across a round trip.
 
 mod append_group;
 mod append_queue;
@@ -55,8 +58,9 @@ use async_trait::async_trait;
 use plinth_core::{Error, TenantId};
 use plinth_engines::PostgresEngine;
 use plinth_engines::postgres::PooledClient;
+use plinth_engines::postgres_transaction::{COMMIT, PipelinedTransaction, ROLLBACK};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Row, Statement, Transaction};
+use tokio_postgres::{GenericClient, Row, Statement};
 use uuid::Uuid;
 
 use crate::chain::hash_from_bytes;
@@ -77,7 +81,8 @@ use crate::store::{
 };
 use crate::validation::PreparedEvent;
 use append_group::{
-    AppendGroupWriter, ENSURE_STREAMS, ensure_streams, lock_streams, lock_streams_sql,
+    AppendGroupWriter, ENSURE_STREAMS, begin_keyed_transaction, ensure_streams, lock_streams,
+    lock_streams_sql,
 };
 use append_queue::AppendQueue;
 use commit_signals::CommitSignals;
@@ -236,7 +241,7 @@ impl PostgresEventBackend {
 
     async fn write_record(
         &self,
-        transaction: &Transaction<'_>,
+        client: &impl GenericClient,
         upsert: &Statement,
         tenant: &str,
         stream: &str,
@@ -259,10 +264,7 @@ impl PostgresEventBackend {
             &row.visible_from_revision,
         ];
         self.engine
-            .run(
-                "events_write_stream",
-                transaction.execute(upsert, &parameters),
-            )
+            .run("events_write_stream", client.execute(upsert, &parameters))
             .await?;
         Ok(())
     }
@@ -315,7 +317,7 @@ impl EventBackend for PostgresEventBackend {
         change: StreamChange,
     ) -> Result<StreamRecord, AppendError> {
         let tenant = tenant.as_str();
-        let mut client = self.engine.acquire().await?;
+        let client = self.engine.acquire().await?;
         let [ensure, lock, upsert] = self
             .prepare(
                 &client,
@@ -323,13 +325,14 @@ impl EventBackend for PostgresEventBackend {
                 [ENSURE_STREAMS, &lock_streams_sql(), UPSERT_STREAM],
             )
             .await?;
-        let transaction = self
-            .engine
-            .run("events_change_stream_begin", client.transaction())
-            .await?;
+        let transaction = PipelinedTransaction::new(client);
+        let client = transaction.client();
         let streams = [stream.as_str()];
-        ensure_streams(&self.engine, &transaction, &ensure, tenant, &streams).await?;
-        let mut records = lock_streams(&self.engine, &transaction, &lock, tenant, &streams).await?;
+        let ((), _created, mut records) = tokio::try_join!(
+            begin_keyed_transaction(&self.engine, client),
+            ensure_streams(&self.engine, client, &ensure, tenant, &streams),
+            lock_streams(&self.engine, client, &lock, tenant, &streams),
+        )?;
         let record = records.remove(stream.as_str()).ok_or_else(|| {
             Error::internal(format!(
                 "the row of stream `{stream}` was not there to lock"
@@ -339,16 +342,21 @@ impl EventBackend for PostgresEventBackend {
             Ok(changed) => changed,
             Err(refused) => {
                 self.engine
-                    .run("events_change_stream_rollback", transaction.rollback())
+                    .run(
+                        "events_change_stream_rollback",
+                        client.batch_execute(ROLLBACK),
+                    )
                     .await?;
+                transaction.ended();
                 return Err(refused);
             }
         };
-        self.write_record(&transaction, &upsert, tenant, stream.as_str(), &changed)
-            .await?;
-        self.engine
-            .run("events_change_stream_commit", transaction.commit())
-            .await?;
+        tokio::try_join!(
+            self.write_record(client, &upsert, tenant, stream.as_str(), &changed),
+            self.engine
+                .run("events_change_stream_commit", client.batch_execute(COMMIT)),
+        )?;
+        transaction.ended();
         Ok(changed)
     }
 
@@ -589,7 +597,7 @@ impl EventBackend for PostgresEventBackend {
                 .await?;
             record.scavenged_before_revision = last_removed.revision + 1;
             record.scavenged_anchor_hash = last_removed.hash;
-            self.write_record(&transaction, &upsert, &key.tenant, &key.stream, &record)
+            self.write_record(&*transaction, &upsert, &key.tenant, &key.stream, &record)
                 .await?;
         }
         let snapshot = self
@@ -670,7 +678,7 @@ impl EventBackend for PostgresEventBackend {
         events: Vec<ImportedEvent>,
     ) -> Result<Vec<ImportOutcome>, Error> {
         let tenant = tenant.as_str();
-        let mut client = self.engine.acquire().await?;
+        let client = self.engine.acquire().await?;
         let lock_sql = lock_streams_sql();
         let [ensure, lock, stored_at, upsert, advance, insert] = self
             .prepare(
@@ -687,17 +695,18 @@ impl EventBackend for PostgresEventBackend {
                 ],
             )
             .await?;
-        let transaction = self
-            .engine
-            .run("events_import_begin", client.transaction())
-            .await?;
+        let transaction = PipelinedTransaction::new(client);
+        let client = transaction.client();
         // Every stream locked up front, in name order, before the counter:
         // the lock order of appends, so an import beside them cannot deadlock.
         let mut streams: Vec<&str> = events.iter().map(|event| event.stream.as_str()).collect();
         streams.sort_unstable();
         streams.dedup();
-        ensure_streams(&self.engine, &transaction, &ensure, tenant, &streams).await?;
-        let mut records = lock_streams(&self.engine, &transaction, &lock, tenant, &streams).await?;
+        let ((), _created, mut records) = tokio::try_join!(
+            begin_keyed_transaction(&self.engine, client),
+            ensure_streams(&self.engine, client, &ensure, tenant, &streams),
+            lock_streams(&self.engine, client, &lock, tenant, &streams),
+        )?;
         let mut changed_streams = BTreeSet::new();
         let mut outcomes = Vec::with_capacity(events.len());
         for event in &events {
@@ -712,7 +721,7 @@ impl EventBackend for PostgresEventBackend {
                 .engine
                 .run(
                     "events_import_stored",
-                    transaction.query_opt(&stored_at, &[&tenant, &stream, &revision]),
+                    client.query_opt(&stored_at, &[&tenant, &stream, &revision]),
                 )
                 .await?;
             let stored_at_revision = stored.and_then(|row| {
@@ -731,7 +740,7 @@ impl EventBackend for PostgresEventBackend {
                 .engine
                 .run(
                     "events_import_head",
-                    transaction.query_one(&advance, &[&tenant, &event.recorded_at_micros]),
+                    client.query_one(&advance, &[&tenant, &event.recorded_at_micros]),
                 )
                 .await?
                 .get(0);
@@ -741,7 +750,7 @@ impl EventBackend for PostgresEventBackend {
             self.engine
                 .run(
                     "events_import_insert",
-                    transaction.execute(
+                    client.execute(
                         &insert,
                         &[
                             &tenant,
@@ -765,12 +774,13 @@ impl EventBackend for PostgresEventBackend {
             outcomes.push(ImportOutcome::Imported);
         }
         for stream in changed_streams {
-            self.write_record(&transaction, &upsert, tenant, stream, &records[stream])
+            self.write_record(client, &upsert, tenant, stream, &records[stream])
                 .await?;
         }
         self.engine
-            .run("events_import_commit", transaction.commit())
+            .run("events_import_commit", client.batch_execute(COMMIT))
             .await?;
+        transaction.ended();
         Ok(outcomes)
     }
 

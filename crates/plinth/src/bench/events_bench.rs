@@ -207,10 +207,11 @@ pub async fn run(config: &PlinthConfig, arguments: EventsBenchArguments) -> anyh
     if let Some(postgres_url) = &arguments.postgres_url {
         let raw_postgres = RawPostgres::connect(postgres_url).await?;
         notes.push(describe_postgres(&raw_postgres.settings().await?));
-        let storage_setting = [("PLINTH_STORAGE__URL", postgres_url.clone())];
-        rows.extend(measure_backend("postgres", &storage_setting, &config.log.level, plan).await?);
-        rows.extend(measure_raw_inserts(&raw_postgres, plan).await?);
-        raw_postgres.drop_table().await?;
+        let storage_setting = [("PLINTH_STORAGE__URL", raw_postgres.schema_url().to_string())];
+        let measured =
+            measure_postgres(&raw_postgres, &storage_setting, &config.log.level, plan).await;
+        raw_postgres.drop_schema().await?;
+        rows.extend(measured?);
     } else {
         notes.push(
             "no --postgres-url: PostgreSQL and its raw INSERT baseline were not measured"
@@ -229,6 +230,18 @@ pub async fn run(config: &PlinthConfig, arguments: EventsBenchArguments) -> anyh
         print_report(&report);
     }
     Ok(())
+}
+
+/// The node on PostgreSQL, then raw INSERTs into the same database.
+async fn measure_postgres(
+    raw_postgres: &RawPostgres,
+    storage_setting: &[(&str, String)],
+    log_level: &str,
+    plan: WindowPlan,
+) -> anyhow::Result<Vec<EventsRow>> {
+    let mut rows = measure_backend("postgres", storage_setting, log_level, plan).await?;
+    rows.extend(measure_raw_inserts(raw_postgres, plan).await?);
+    Ok(rows)
 }
 
 fn describe_postgres(settings: &RawPostgresSettings) -> String {

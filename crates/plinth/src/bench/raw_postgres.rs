@@ -3,6 +3,10 @@
 //! straight through tokio-postgres, one connection per worker, each
 //! statement its own transaction with `synchronous_commit = on`, so every
 //! counted row is as durable as an acknowledged append.
+//!
+//! Each run works in a schema of its own, which it drops at the end: the
+//! node under test and the raw table start empty on every run, whatever
+//! earlier runs left in the database.
 
 use anyhow::Context;
 use serde_json::{Value, json};
@@ -16,9 +20,11 @@ use crate::bench::events_bench::{MeasuredWindow, WindowTally};
 /// Named so that it cannot be mistaken for one of Plinth's tables.
 const RAW_TABLE: &str = "plinth_bench_raw_events";
 
-/// A PostgreSQL the benchmark may create its table in.
+/// A PostgreSQL the benchmark may create a schema in.
 pub struct RawPostgres {
-    url: String,
+    /// The given URL with `search_path` set to the run's schema.
+    schema_url: String,
+    schema: String,
     client: Client,
 }
 
@@ -30,19 +36,30 @@ pub struct RawPostgresSettings {
 }
 
 impl RawPostgres {
+    /// Creates the run's schema and the raw table in it.
     pub async fn connect(url: &str) -> anyhow::Result<RawPostgres> {
+        let schema = run_schema_name();
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let schema_url = format!("{url}{separator}options=-csearch_path%3D{schema}");
         let client = connect_client(url).await?;
         client
             .batch_execute(&format!(
-                "DROP TABLE IF EXISTS {RAW_TABLE};
-                 CREATE TABLE {RAW_TABLE} (id bigserial PRIMARY KEY, stream text NOT NULL, data jsonb NOT NULL)"
+                "CREATE SCHEMA {schema};
+                 CREATE TABLE {schema}.{RAW_TABLE} (id bigserial PRIMARY KEY, stream text NOT NULL, data jsonb NOT NULL)"
             ))
             .await
-            .context("creating the raw INSERT table")?;
+            .context("creating the benchmark's schema and raw INSERT table")?;
         Ok(RawPostgres {
-            url: url.to_string(),
+            schema_url,
+            schema,
             client,
         })
+    }
+
+    /// The URL the node under test stores its tables with: the run's
+    /// schema.
+    pub fn schema_url(&self) -> &str {
+        &self.schema_url
     }
 
     pub async fn settings(&self) -> anyhow::Result<RawPostgresSettings> {
@@ -62,11 +79,13 @@ impl RawPostgres {
         Ok(row.get(0))
     }
 
-    pub async fn drop_table(&self) -> anyhow::Result<()> {
+    /// Drops the run's schema with everything the node and the raw
+    /// INSERTs wrote.
+    pub async fn drop_schema(&self) -> anyhow::Result<()> {
         self.client
-            .batch_execute(&format!("DROP TABLE IF EXISTS {RAW_TABLE}"))
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
             .await
-            .context("dropping the raw INSERT table")
+            .context("dropping the benchmark's schema")
     }
 
     /// `connections` workers INSERT `rows_per_insert` rows per statement
@@ -79,7 +98,7 @@ impl RawPostgres {
     ) -> anyhow::Result<WindowTally> {
         let mut workers = JoinSet::new();
         for worker_index in 0..connections {
-            let url = self.url.clone();
+            let url = self.schema_url.clone();
             workers.spawn(async move {
                 insert_until_window_ends(&url, rows_per_insert, worker_index as u64, window).await
             });
@@ -90,6 +109,15 @@ impl RawPostgres {
         }
         Ok(total)
     }
+}
+
+/// Unique per run on one machine: the process id and the start second.
+fn run_schema_name() -> String {
+    let started_at_seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since_epoch| since_epoch.as_secs())
+        .unwrap_or_default();
+    format!("plinth_bench_{}_{started_at_seconds}", std::process::id())
 }
 
 async fn connect_client(url: &str) -> anyhow::Result<Client> {
