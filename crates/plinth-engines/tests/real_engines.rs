@@ -1,7 +1,7 @@
 //! The engine connections against real PostgreSQL and Redis servers: pool
-//! behaviour, migrations, breaker trips on outage, and recovery after Redis
-//! comes back. Under `scripts/test.sh` these run for real; a plain
-//! `cargo test` skips them and says so.
+//! behaviour, pipelined transactions, migrations, breaker trips on outage,
+//! and recovery after Redis comes back. Under `scripts/test.sh` these run
+//! for real; a plain `cargo test` skips them and says so.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -11,6 +11,7 @@ use std::time::Duration;
 use plinth_core::config::PostgresConfig;
 use plinth_core::resilience::{BreakerConfig, BreakerState, CircuitBreaker};
 use plinth_core::{ErrorKind, HumanDuration};
+use plinth_engines::postgres_transaction::{COMMIT, PipelinedTransaction};
 use plinth_engines::test_support::{isolated_postgres_url, postgres_url, redis_url};
 use plinth_engines::{HealthProbe, Migration, MigrationSet, PostgresEngine, RedisEngine, Store};
 
@@ -135,6 +136,86 @@ async fn postgres_pool_holds_its_minimum_and_times_out_when_exhausted() {
         .unwrap();
     assert_eq!(row.get::<_, i32>(0), 42);
     engine.probe().await.unwrap();
+}
+
+/// The backend process ids of every connection of a pool of four.
+async fn backend_ids_of_all_connections(
+    engine: &PostgresEngine,
+) -> (Vec<plinth_engines::postgres::PooledClient>, Vec<i32>) {
+    let mut clients = Vec::new();
+    let mut backend_ids = Vec::new();
+    for _ in 0..4 {
+        let client = engine.acquire().await.unwrap();
+        let row = engine
+            .run(
+                "test_backend",
+                client.query_one("SELECT pg_backend_pid()", &[]),
+            )
+            .await
+            .unwrap();
+        backend_ids.push(row.get::<_, i32>(0));
+        clients.push(client);
+    }
+    (clients, backend_ids)
+}
+
+#[tokio::test]
+async fn a_pipelined_transaction_returns_its_connection_only_when_it_ended() {
+    let Some(engine) = connect_postgres("postgres_pipelined_transaction").await else {
+        return;
+    };
+    let (mut clients, backend_ids) = backend_ids_of_all_connections(&engine).await;
+    let abandoned = PipelinedTransaction::new(clients.pop().unwrap());
+    engine
+        .run(
+            "test_begin",
+            abandoned
+                .client()
+                .batch_execute("BEGIN; CREATE TEMP TABLE left_open (x int)"),
+        )
+        .await
+        .unwrap();
+    let abandoned_backend = backend_ids[3];
+    drop(abandoned);
+    drop(clients);
+
+    let (mut clients, backend_ids) = backend_ids_of_all_connections(&engine).await;
+    assert!(
+        !backend_ids.contains(&abandoned_backend),
+        "a connection left inside a transaction went back to the pool"
+    );
+    for client in &clients {
+        let row = engine
+            .run(
+                "test_temp_table",
+                client.query_one("SELECT to_regclass('pg_temp.left_open') IS NULL", &[]),
+            )
+            .await
+            .unwrap();
+        assert!(
+            row.get::<_, bool>(0),
+            "the abandoned transaction's table is visible"
+        );
+    }
+
+    let committed = PipelinedTransaction::new(clients.pop().unwrap());
+    let committed_backend = backend_ids[3];
+    engine
+        .run(
+            "test_commit",
+            committed
+                .client()
+                .batch_execute(&format!("BEGIN; SELECT 1; {COMMIT}")),
+        )
+        .await
+        .unwrap();
+    committed.ended();
+    drop(clients);
+    let (_clients, backend_ids) = backend_ids_of_all_connections(&engine).await;
+    assert!(
+        backend_ids.contains(&committed_backend),
+        "an ended transaction's connection did not go back to the pool"
+    );
 }
 
 #[tokio::test]
