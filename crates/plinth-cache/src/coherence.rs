@@ -349,21 +349,9 @@ async fn apply(l1: &Arc<L1Tier>, catalog: &KeyspaceCatalog, message: CoherenceMe
 
 #[cfg(test)]
 mod tests {
-    use plinth_core::resilience::{BreakerConfig, CircuitBreaker};
-    use plinth_engines::test_support::redis_url;
+    use plinth_engines::test_support::{connected_redis, redis_url};
 
     use super::*;
-
-    async fn connected_redis(url: &str) -> Arc<RedisEngine> {
-        let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()));
-        let engine =
-            RedisEngine::start(url, breaker, Duration::from_secs(2)).expect("a valid redis url");
-        engine
-            .wait_connected(Duration::from_secs(5))
-            .await
-            .expect("the test redis accepts connections");
-        engine
-    }
 
     fn key_change(origin: u64, revision: Revision) -> CoherenceMessage {
         CoherenceMessage {

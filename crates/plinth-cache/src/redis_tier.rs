@@ -1134,7 +1134,6 @@ fn unexpected_reply(reply: &[String]) -> Error {
 mod tests {
     use std::time::Duration;
 
-    use plinth_core::resilience::{BreakerConfig, CircuitBreaker};
     use plinth_core::{ResourceName, TenantId};
 
     use super::*;
@@ -1358,12 +1357,7 @@ mod tests {
     /// A tier on the test Redis, with the engine for raw commands.
     async fn open_tier(test_name: &str) -> Option<(RedisCacheTier, Arc<RedisEngine>)> {
         let url = plinth_engines::test_support::redis_url(test_name)?;
-        let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()));
-        let engine = RedisEngine::start(&url, breaker, Duration::from_secs(2)).unwrap();
-        engine
-            .wait_connected(Duration::from_secs(5))
-            .await
-            .expect("the test redis accepts connections");
+        let engine = plinth_engines::test_support::connected_redis(&url).await;
         Some((RedisCacheTier::new(Arc::clone(&engine)), engine))
     }
 

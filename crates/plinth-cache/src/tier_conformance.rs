@@ -160,13 +160,7 @@ async fn open_postgres() -> Option<TierUnderTest> {
 
 async fn open_redis() -> Option<TierUnderTest> {
     let url = plinth_engines::test_support::redis_url("redis tier conformance")?;
-    let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()));
-    let engine = plinth_engines::RedisEngine::start(&url, breaker, Duration::from_secs(2))
-        .expect("a valid redis url");
-    engine
-        .wait_connected(Duration::from_secs(5))
-        .await
-        .expect("the test redis accepts connections");
+    let engine = plinth_engines::test_support::connected_redis(&url).await;
     let tier = crate::redis_tier::RedisCacheTier::new(Arc::clone(&engine));
     Some(TierUnderTest {
         tier: Arc::new(tier),

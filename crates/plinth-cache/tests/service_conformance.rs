@@ -473,13 +473,7 @@ async fn open_postgres_store(base_url: &str) -> (Store, Arc<dyn CacheTier>) {
 }
 
 async fn open_redis(url: &str) -> (Arc<RedisEngine>, Arc<dyn CacheTier>) {
-    let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()));
-    let engine =
-        RedisEngine::start(url, breaker, Duration::from_secs(2)).expect("a valid redis url");
-    engine
-        .wait_connected(Duration::from_secs(5))
-        .await
-        .expect("the test redis accepts connections");
+    let engine = plinth_engines::test_support::connected_redis(url).await;
     let tier: Arc<dyn CacheTier> = Arc::new(RedisCacheTier::new(Arc::clone(&engine)));
     (engine, tier)
 }

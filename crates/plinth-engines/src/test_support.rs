@@ -58,3 +58,22 @@ pub async fn isolated_postgres_url(base_url: &str, test_name: &str) -> String {
     let separator = if base_url.contains('?') { '&' } else { '?' };
     format!("{base_url}{separator}options=-csearch_path%3D{schema}")
 }
+
+/// A Redis engine on `url` with a default breaker, once it has connected.
+///
+/// # Panics
+/// When the URL is invalid or Redis does not accept a connection within
+/// five seconds.
+pub async fn connected_redis(url: &str) -> std::sync::Arc<crate::RedisEngine> {
+    let breaker = std::sync::Arc::new(plinth_core::resilience::CircuitBreaker::new(
+        "redis",
+        plinth_core::resilience::BreakerConfig::default(),
+    ));
+    let engine = crate::RedisEngine::start(url, breaker, std::time::Duration::from_secs(2))
+        .expect("a valid redis url");
+    engine
+        .wait_connected(std::time::Duration::from_secs(5))
+        .await
+        .expect("the test redis accepts connections");
+    engine
+}

@@ -74,6 +74,19 @@ fn leased_positions(batch: &Value) -> Vec<u64> {
         .collect()
 }
 
+/// Appends one event to `orders-1` and creates [`GROUP`] on that stream
+/// from its end, so the group has nothing to lease yet.
+async fn group_past_one_event(api: &Api) {
+    append(api, "orders-1", &["Placed"]).await;
+    let created = put_group(
+        api,
+        GROUP,
+        &json!({ "stream": "orders-1", "start_from": "end" }),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+}
+
 /// A lease that may wait 20 s, in the background: its batch and how long
 /// it took.
 fn spawn_waiting_lease(api: &Api) -> tokio::task::JoinHandle<(Value, Duration)> {
@@ -286,14 +299,7 @@ async fn competing_consumers_ack_nack_park_and_replay_on_postgres() {
 async fn a_waiting_lease_is_answered_when_the_node_shuts_down() {
     let mut node = Node::start(NodeOptions::dev()).await;
     let api = node.anonymous();
-    append(&api, "orders-1", &["Placed"]).await;
-    let created = put_group(
-        &api,
-        GROUP,
-        &json!({ "stream": "orders-1", "start_from": "end" }),
-    )
-    .await;
-    assert_eq!(created.status, 201, "{}", created.text());
+    group_past_one_event(&api).await;
 
     let waiting = spawn_waiting_lease(&api);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -312,14 +318,7 @@ async fn a_waiting_lease_is_answered_when_the_node_shuts_down() {
 async fn a_waiting_lease_is_answered_by_the_next_append() {
     let node = Node::start(NodeOptions::dev()).await;
     let api = node.anonymous();
-    append(&api, "orders-1", &["Placed"]).await;
-    let created = put_group(
-        &api,
-        GROUP,
-        &json!({ "stream": "orders-1", "start_from": "end" }),
-    )
-    .await;
-    assert_eq!(created.status, 201, "{}", created.text());
+    group_past_one_event(&api).await;
 
     // Nothing after the start: a short wait answers empty at its deadline.
     let started = Instant::now();

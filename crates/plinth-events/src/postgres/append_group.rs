@@ -4,8 +4,8 @@
 //! The transaction follows the rules of the module documentation of
 //! `postgres`, for many streams at once:
 //!
-//! 1. create the rows of streams that have none, lock every stream's row,
-//!    and look up the ids the callers gave: three statements sent together
+//! 1. `BEGIN`, create the rows of streams that have none, lock every
+//!    stream's row, and look up the ids the callers gave: sent together
 //!    (one round trip). Rows are created and locked in stream-name order
 //!    (byte order: the columns are `COLLATE "C"`), so two nodes' groups
 //!    never wait on each other in a cycle;
@@ -16,7 +16,8 @@
 //! 3. one statement advances the tenant's counter by the group's event
 //!    count, inserts every event at consecutive positions (appends in
 //!    group order, events in batch order) and updates the streams' rows;
-//! 4. `COMMIT`, then every append gets its answer.
+//! 4. `COMMIT`, sent with the removals of step 2 and the statement of
+//!    step 3 (the second round trip), then every append gets its answer.
 //!
 //! A failed transaction answers nobody: the queue decides what to do.
 
@@ -28,7 +29,7 @@ use plinth_engines::PostgresEngine;
 use plinth_engines::postgres::PooledClient;
 use plinth_engines::postgres_transaction::{COMMIT, PipelinedTransaction, ROLLBACK};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, GenericClient, Statement};
+use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
 use crate::chain::GENESIS_HASH;
@@ -433,7 +434,7 @@ pub(super) async fn begin_keyed_transaction(
 /// [`ENSURE_STREAMS`]; returns those it created.
 pub(super) async fn ensure_streams(
     engine: &PostgresEngine,
-    client: &impl GenericClient,
+    client: &Client,
     ensure: &Statement,
     tenant: &str,
     streams: &[&str],
@@ -452,7 +453,7 @@ pub(super) async fn ensure_streams(
 /// returns their records by name.
 pub(super) async fn lock_streams(
     engine: &PostgresEngine,
-    client: &impl GenericClient,
+    client: &Client,
     lock: &Statement,
     tenant: &str,
     streams: &[&str],

@@ -12,10 +12,10 @@
 //!   full, the signal is dropped and counted in
 //!   `plinth_events_commit_signals_dropped_total`). The publisher sends
 //!   what queued as one `pg_notify` statement, one signal per tenant, and
-//!   then waits out [`SIGNAL_SPACING`] before the next statement: under
-//!   load a node sends a few hundred notifications a second rather than
-//!   one per commit (each is a transaction, and wakes every listener),
-//!   for at most that much more latency on other nodes.
+//!   then waits out [`SIGNAL_SPACING`] before the next statement: a node
+//!   sends at most 200 notifications a second rather than one per commit
+//!   (each is a transaction, and wakes every listener), for at most that
+//!   much more latency on other nodes.
 //!   The notification is not sent inside the append's transaction: a
 //!   notifying commit takes a database-wide lock until its WAL flush, which
 //!   would make every tenant's commits take turns.
