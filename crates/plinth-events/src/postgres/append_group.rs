@@ -41,42 +41,53 @@ use crate::postgres::{schema_version_column, stream_row};
 use crate::rules::{AppendPlan, ExistingEvent, PlannedWrite, StreamRecord, plan_append};
 
 // New streams' rows, so there is a row to lock; returns the streams it
-// created. Inserted in name order, like the locks below: two groups that
+// created. Inserted in byte order, like the locks below: two groups that
 // create the same streams wait on each other's inserts in one order.
 pub(super) const ENSURE_STREAMS: &str = "INSERT INTO plinth_events_streams
         (tenant, stream, last_revision, last_position, last_hash, visible_from_revision,
          soft_deleted, tombstoned, scavenged_before_revision, scavenged_anchor_hash)
      SELECT $1, new_stream, -1, -1, $3, 0, FALSE, FALSE, 0, $3
      FROM unnest($2::text[]) AS new_stream
-     ORDER BY new_stream
+     ORDER BY new_stream COLLATE \"C\"
      ON CONFLICT (tenant, stream) DO NOTHING
      RETURNING stream";
 
+/// Locks the named streams' rows one key lookup each, in the order of the
+/// `$2` array (the callers sort it by byte order, the order of the columns'
+/// `COLLATE "C"`). Returns each row's `ctid` as text: the transaction
+/// holds the row locked, so the row stays where it is, and the later
+/// statements reach it by that id instead of by another index lookup.
+/// When another transaction changed the row first, the lock waits for it
+/// and returns the new version and its new `ctid`.
 pub(super) fn lock_streams_sql() -> String {
     format!(
-        "SELECT stream, {STREAM_COLUMNS} FROM plinth_events_streams
-         WHERE tenant = $1 AND stream = ANY($2::text[])
-         ORDER BY stream
-         FOR UPDATE"
+        "SELECT locked.* FROM unnest($2::text[]) AS wanted(stream)
+         CROSS JOIN LATERAL (
+             SELECT ctid::text AS row_id, stream, {STREAM_COLUMNS}
+             FROM plinth_events_streams
+             WHERE tenant = $1 AND stream = wanted.stream
+             FOR UPDATE
+         ) AS locked"
     )
 }
 
-const EXISTING_IDS: &str = "SELECT stored.stream, stored.event_id, stored.revision, stored.position
-     FROM plinth_events_events AS stored
-     JOIN unnest($2::text[], $3::text[]) AS given(stream, event_id)
-       ON stored.stream = given.stream AND stored.event_id = given.event_id
-     WHERE stored.tenant = $1
-       AND stored.stream = ANY($2::text[]) AND stored.event_id = ANY($3::text[])";
+// One lookup of the unique (tenant, stream, event_id) key per given id.
+const EXISTING_IDS: &str = "SELECT given.stream, given.event_id, stored.revision, stored.position
+     FROM unnest($2::text[], $3::text[]) AS given(stream, event_id)
+     CROSS JOIN LATERAL (
+         SELECT revision, position FROM plinth_events_events
+         WHERE tenant = $1 AND stream = given.stream AND event_id = given.event_id
+         OFFSET 0
+     ) AS stored";
 
+// `$1` holds the `ctid`s the lock returned. No other condition: one on
+// the tenant would let the planner pick a scan of the tenant's rows.
 const FORGET_STREAMS: &str =
-    "DELETE FROM plinth_events_streams WHERE tenant = $1 AND stream = ANY($2::text[])";
+    "DELETE FROM plinth_events_streams WHERE ctid = ANY($1::text[]::tid[])";
 
 // The serialisation point (see the module documentation of `postgres`).
-//
-// Joins with `unnest` also name their rows with `= ANY(array)`: a prepared
-// statement keeps the plan it chose while the table was small, and only
-// the `ANY` condition makes that plan an index lookup of the group's rows
-// rather than a scan of every stream of the tenant.
+// The streams' rows are reached by the `ctid`s the lock returned, and by
+// nothing else (see `FORGET_STREAMS`).
 const APPEND_GROUP_AT_HEAD: &str = "WITH head AS (
         INSERT INTO plinth_events_log_heads AS h (tenant, last_position, last_recorded_us)
         VALUES ($1, $2::bigint - 1, $3::bigint)
@@ -103,9 +114,8 @@ const APPEND_GROUP_AT_HEAD: &str = "WITH head AS (
             soft_deleted = FALSE,
             visible_from_revision = changed.visible_from_revision
         FROM head, unnest($12::text[], $13::int8[], $14::int8[], $15::bytea[], $16::int8[])
-             AS changed(stream, last_revision, last_offset, last_hash, visible_from_revision)
-        WHERE written.tenant = $1 AND written.stream = ANY($12::text[])
-          AND written.stream = changed.stream
+             AS changed(row_id, last_revision, last_offset, last_hash, visible_from_revision)
+        WHERE written.ctid = changed.row_id::tid
      )
      SELECT first_position FROM head";
 
@@ -185,7 +195,7 @@ impl AppendGroupWriter {
         // so the statements are planned for keyed lookups, the locks see
         // the rows the ensuring statement created, and the ids are looked
         // up under the locks.
-        let ((), created_streams, records, existing) = tokio::try_join!(
+        let ((), created_streams, locked, existing) = tokio::try_join!(
             begin_keyed_transaction(&self.engine, client),
             ensure_streams(&self.engine, client, &statements.ensure, tenant, &streams),
             lock_streams(&self.engine, client, &statements.lock, tenant, &streams),
@@ -196,7 +206,7 @@ impl AppendGroupWriter {
         let mut writes = Vec::new();
         let mut event_count: i64 = 0;
         for (append_index, pending) in group.iter().enumerate() {
-            let Some(record) = records.get(pending.stream.as_str()) else {
+            let Some(record) = locked.records.get(pending.stream.as_str()) else {
                 return Err(Error::internal(format!(
                     "the row of stream `{}` was not there to lock",
                     pending.stream
@@ -237,14 +247,24 @@ impl AppendGroupWriter {
             return Ok(answers.into_iter().flatten().collect());
         }
         let unwritten_streams = unwritten_created_streams(&created_streams, group, &answers);
+        let unwritten_row_ids = locked.row_ids_of(&unwritten_streams)?;
+        let written_row_ids = locked.row_ids_of(&written_streams(group, &writes))?;
         in_flight.entering_commit_phase();
         // Pipelined as well, `COMMIT` included: the counter row is locked
         // only while the server runs the last statement and the commit.
         // The server rolls back instead of committing when a statement
         // before the `COMMIT` failed, and `try_join` reports that failure.
         let ((), first_position, ()) = tokio::try_join!(
-            self.forget_streams(client, &statements, tenant, &unwritten_streams),
-            self.append_at_head(client, &statements, tenant, group, &writes, event_count),
+            self.forget_streams(client, &statements, &unwritten_row_ids),
+            self.append_at_head(
+                client,
+                &statements,
+                tenant,
+                group,
+                &writes,
+                &written_row_ids,
+                event_count
+            ),
             self.engine
                 .run("events_append_commit", client.batch_execute(COMMIT)),
         )?;
@@ -338,28 +358,29 @@ impl AppendGroupWriter {
         Ok(existing)
     }
 
-    /// Removes the rows of `streams`, which this transaction created.
+    /// Removes the rows at `row_ids`, which this transaction created.
     async fn forget_streams(
         &self,
         client: &Client,
         statements: &GroupStatements,
-        tenant: &str,
-        streams: &[&str],
+        row_ids: &[&str],
     ) -> Result<(), Error> {
-        if streams.is_empty() {
+        if row_ids.is_empty() {
             return Ok(());
         }
         self.engine
             .run(
                 "events_forget_streams",
-                client.execute(&statements.forget, &[&tenant, &streams]),
+                client.execute(&statements.forget, &[&row_ids]),
             )
             .await?;
         Ok(())
     }
 
-    /// Advances the counter, inserts the events and updates the streams in
-    /// one statement; returns the group's first position.
+    /// Advances the counter, inserts the events and updates the streams'
+    /// rows (at `row_ids`, in the order of `writes`) in one statement;
+    /// returns the group's first position.
+    #[allow(clippy::too_many_arguments)]
     async fn append_at_head(
         &self,
         client: &Client,
@@ -367,6 +388,7 @@ impl AppendGroupWriter {
         tenant: &str,
         group: &[PendingAppend],
         writes: &[GroupWrite],
+        row_ids: &[&str],
         event_count: i64,
     ) -> Result<i64, Error> {
         let mut newest_now_micros = i64::MIN;
@@ -374,7 +396,7 @@ impl AppendGroupWriter {
             newest_now_micros = newest_now_micros.max(group[write.append_index].now_micros);
         }
         let events = EventColumns::new(group, writes)?;
-        let streams = StreamColumns::new(group, writes)?;
+        let streams = StreamColumns::new(group, writes, row_ids)?;
         let parameters: [&(dyn ToSql + Sync); 16] = [
             &tenant,
             &event_count,
@@ -387,7 +409,7 @@ impl AppendGroupWriter {
             &events.data,
             &events.metadata,
             &events.hashes,
-            &streams.streams,
+            &streams.row_ids,
             &streams.last_revisions,
             &streams.last_offsets,
             &streams.last_hashes,
@@ -404,20 +426,22 @@ impl AppendGroupWriter {
     }
 }
 
-/// Opens a transaction that plans its statements for the values of each
-/// run rather than keeping one generic plan per statement.
+/// Opens a transaction whose statements reach rows by key and keep one
+/// plan per statement and connection.
 ///
-/// A prepared statement settles on a generic plan after five runs, made
-/// with the statistics of that moment, and keeps it. On a young node's
-/// tables (empty, or not yet analyzed) scanning looks cheapest, and the
-/// kept plan went on scanning every stream of the tenant once the tables
-/// had grown: `auto_explain` showed 3 to 15 ms per group at 10,000
-/// streams. Turning sequential scans off was not enough: the generic plan
-/// then scanned the tenant's index range and filtered the streams. A plan
-/// made per run knows how many streams the group names and how large the
-/// tables are now; it costs some planning per group. Appends, imports and
-/// stream changes open their transactions so; other statements are not
-/// affected.
+/// A prepared statement's plan is made with the statistics of its time.
+/// On a young node's tables (empty, or a page or two) a scan looks
+/// cheapest, and a kept plan went on scanning every stream of the tenant
+/// once the tables had grown (`auto_explain`: 3 to 15 ms per group at
+/// 10,000 streams). Planning every run instead cost about a fifth of
+/// PostgreSQL's CPU under load. So these transactions turn sequential
+/// scans off, and their statements are written so that the only other
+/// plans are key lookups: one unique-index lookup per named row (a
+/// `LATERAL` join over the array of keys), or the `ctid` of a row the
+/// transaction has locked. With no choice left for the statistics to
+/// make, the plan is made once (`force_generic_plan`). Appends, imports
+/// and stream changes open their transactions so; other statements are
+/// not affected.
 pub(super) async fn begin_keyed_transaction(
     engine: &PostgresEngine,
     client: &Client,
@@ -425,7 +449,10 @@ pub(super) async fn begin_keyed_transaction(
     engine
         .run(
             "events_begin",
-            client.batch_execute("BEGIN; SET LOCAL plan_cache_mode = force_custom_plan"),
+            client.batch_execute(
+                "BEGIN; SET LOCAL enable_seqscan = off; \
+                 SET LOCAL plan_cache_mode = force_generic_plan",
+            ),
         )
         .await
 }
@@ -449,27 +476,69 @@ pub(super) async fn ensure_streams(
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
-/// Locks the rows of `streams` in name order, with [`lock_streams_sql`];
-/// returns their records by name.
+/// The rows a transaction locked, by stream name.
+pub(super) struct LockedStreams {
+    pub records: HashMap<String, StreamRecord>,
+    /// Each row's `ctid`, as text.
+    row_ids: HashMap<String, String>,
+}
+
+impl LockedStreams {
+    /// The `ctid`s of `streams`, in the same order.
+    fn row_ids_of(&self, streams: &[&str]) -> Result<Vec<&str>, Error> {
+        let mut row_ids = Vec::with_capacity(streams.len());
+        for stream in streams {
+            let Some(row_id) = self.row_ids.get(*stream) else {
+                return Err(Error::internal(format!(
+                    "the row of stream `{stream}` was not locked"
+                )));
+            };
+            row_ids.push(row_id.as_str());
+        }
+        Ok(row_ids)
+    }
+}
+
+/// Locks the rows of `streams` (sorted) in that order, with
+/// [`lock_streams_sql`].
 pub(super) async fn lock_streams(
     engine: &PostgresEngine,
     client: &Client,
     lock: &Statement,
     tenant: &str,
     streams: &[&str],
-) -> Result<HashMap<String, StreamRecord>, Error> {
+) -> Result<LockedStreams, Error> {
     let rows = engine
         .run(
             "events_lock_streams",
             client.query(lock, &[&tenant, &streams]),
         )
         .await?;
-    let mut records = HashMap::with_capacity(rows.len());
+    let mut locked = LockedStreams {
+        records: HashMap::with_capacity(rows.len()),
+        row_ids: HashMap::with_capacity(rows.len()),
+    };
     for row in rows {
-        let stream: String = row.get(0);
-        records.insert(stream, stream_row(&row, 1).into_record()?);
+        let row_id: String = row.get(0);
+        let stream: String = row.get(1);
+        locked
+            .records
+            .insert(stream.clone(), stream_row(&row, 2).into_record()?);
+        locked.row_ids.insert(stream, row_id);
     }
-    Ok(records)
+    Ok(locked)
+}
+
+/// The streams `writes` write to, in the order of `writes`.
+fn written_streams<'group>(
+    group: &'group [PendingAppend],
+    writes: &[GroupWrite],
+) -> Vec<&'group str> {
+    let mut streams = Vec::with_capacity(writes.len());
+    for write in writes {
+        streams.push(group[write.append_index].stream.as_str());
+    }
+    streams
 }
 
 /// The streams whose rows this transaction created but whose append was
@@ -566,7 +635,7 @@ impl<'a> EventColumns<'a> {
 /// Every written stream's row after the group, as the arrays the
 /// statement unnests.
 struct StreamColumns<'a> {
-    streams: Vec<&'a str>,
+    row_ids: &'a [&'a str],
     last_revisions: Vec<i64>,
     last_offsets: Vec<i64>,
     last_hashes: Vec<Vec<u8>>,
@@ -574,9 +643,13 @@ struct StreamColumns<'a> {
 }
 
 impl<'a> StreamColumns<'a> {
-    fn new(group: &'a [PendingAppend], writes: &[GroupWrite]) -> Result<Self, Error> {
+    fn new(
+        group: &[PendingAppend],
+        writes: &[GroupWrite],
+        row_ids: &'a [&'a str],
+    ) -> Result<Self, Error> {
         let mut columns = StreamColumns {
-            streams: Vec::with_capacity(writes.len()),
+            row_ids,
             last_revisions: Vec::with_capacity(writes.len()),
             last_offsets: Vec::with_capacity(writes.len()),
             last_hashes: Vec::with_capacity(writes.len()),
@@ -585,7 +658,6 @@ impl<'a> StreamColumns<'a> {
         for write in writes {
             let pending = &group[write.append_index];
             let row_after = StreamRow::from_record(&write.planned.record_after)?;
-            columns.streams.push(pending.stream.as_str());
             columns.last_revisions.push(row_after.last_revision);
             columns
                 .last_offsets
@@ -596,5 +668,115 @@ impl<'a> StreamColumns<'a> {
                 .push(row_after.visible_from_revision);
         }
         Ok(columns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use plinth_engines::Store;
+
+    use super::*;
+    use crate::conformance::open_postgres;
+
+    /// Twenty streams and their events: one page each, analyzed. On tables
+    /// this small a kept plan would scan them; it must not.
+    const SMALL_ANALYZED_TABLES: &str = "
+        INSERT INTO plinth_events_streams
+            (tenant, stream, last_revision, last_position, last_hash, visible_from_revision,
+             soft_deleted, tombstoned, scavenged_before_revision, scavenged_anchor_hash)
+        SELECT 'small', 'stream-' || n, 0, n - 1, '\\x00', 0, FALSE, FALSE, 0, '\\x00'
+        FROM generate_series(1, 20) AS n;
+        INSERT INTO plinth_events_events
+            (tenant, position, stream, revision, event_id, event_type, schema_version, data,
+             metadata, recorded_at_us, hash)
+        SELECT 'small', n - 1, 'stream-' || n, 0, 'id-' || n, 'created', 1, '{}', '{}', 0,
+               '\\x00'
+        FROM generate_series(1, 20) AS n;
+        ANALYZE plinth_events_streams, plinth_events_events;";
+
+    /// Each statement an append group keeps a plan for, with its parameter
+    /// types and arguments to explain it with.
+    fn kept_statements() -> Vec<(&'static str, String, &'static str, &'static str)> {
+        vec![
+            (
+                "lock",
+                lock_streams_sql(),
+                "text, text[]",
+                "'small', ARRAY['stream-1', 'stream-2']",
+            ),
+            (
+                "existing ids",
+                EXISTING_IDS.to_string(),
+                "text, text[], text[]",
+                "'small', ARRAY['stream-1'], ARRAY['id-1']",
+            ),
+            (
+                "forget",
+                FORGET_STREAMS.to_string(),
+                "text[]",
+                "ARRAY['(0,1)']",
+            ),
+            (
+                "write",
+                APPEND_GROUP_AT_HEAD.to_string(),
+                "text, bigint, bigint, text[], int8[], text[], text[], int4[], text[], text[], \
+                 bytea[], text[], int8[], int8[], bytea[], int8[]",
+                "'small', 1, 0, ARRAY['stream-1'], ARRAY[1::int8], ARRAY['id-x'], \
+                 ARRAY['created'], ARRAY[1], ARRAY['{}'], ARRAY['{}'], ARRAY['\\x00'::bytea], \
+                 ARRAY['(0,1)'], ARRAY[1::int8], ARRAY[0::int8], ARRAY['\\x00'::bytea], \
+                 ARRAY[0::int8]",
+            ),
+        ]
+    }
+
+    #[tokio::test]
+    async fn kept_plans_reach_rows_by_key_even_when_made_on_small_tables() {
+        let Some(backend) = open_postgres("events_postgres_kept_plans").await else {
+            return;
+        };
+        let Store::Postgres(engine) = &backend.store else {
+            panic!("open_postgres opens a PostgreSQL store");
+        };
+        let client = engine.acquire().await.expect("a connection");
+        client
+            .batch_execute(SMALL_ANALYZED_TABLES)
+            .await
+            .expect("fill and analyze the tables");
+        for (name, sql, parameter_types, arguments) in kept_statements() {
+            begin_keyed_transaction(engine, &client)
+                .await
+                .expect("begin");
+            client
+                .batch_execute(&format!("PREPARE kept ({parameter_types}) AS {sql}"))
+                .await
+                .unwrap_or_else(|error| panic!("prepare {name}: {error}"));
+            let explained = client
+                .simple_query(&format!("EXPLAIN EXECUTE kept ({arguments})"))
+                .await
+                .unwrap_or_else(|error| panic!("explain {name}: {error}"));
+            let mut plan = String::new();
+            for message in explained {
+                if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+                    plan.push_str(row.get(0).unwrap_or_default());
+                    plan.push('\n');
+                }
+            }
+            client
+                .batch_execute("ROLLBACK; DEALLOCATE kept")
+                .await
+                .expect("end the transaction");
+            // A sequential scan, or an index scan of the tenant's whole range.
+            for scan in [
+                "Seq Scan on plinth",
+                "Bitmap Heap Scan",
+                "Index Cond: (tenant = $1)\n",
+            ] {
+                assert!(
+                    !plan.contains(scan),
+                    "the {name} plan scans a table:\n{plan}"
+                );
+            }
+        }
+        backend.store.close().await;
     }
 }

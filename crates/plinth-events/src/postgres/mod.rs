@@ -328,12 +328,12 @@ impl EventBackend for PostgresEventBackend {
         let transaction = PipelinedTransaction::new(client);
         let client = transaction.client();
         let streams = [stream.as_str()];
-        let ((), _created, mut records) = tokio::try_join!(
+        let ((), _created, mut locked) = tokio::try_join!(
             begin_keyed_transaction(&self.engine, client),
             ensure_streams(&self.engine, client, &ensure, tenant, &streams),
             lock_streams(&self.engine, client, &lock, tenant, &streams),
         )?;
-        let record = records.remove(stream.as_str()).ok_or_else(|| {
+        let record = locked.records.remove(stream.as_str()).ok_or_else(|| {
             Error::internal(format!(
                 "the row of stream `{stream}` was not there to lock"
             ))
@@ -702,11 +702,12 @@ impl EventBackend for PostgresEventBackend {
         let mut streams: Vec<&str> = events.iter().map(|event| event.stream.as_str()).collect();
         streams.sort_unstable();
         streams.dedup();
-        let ((), _created, mut records) = tokio::try_join!(
+        let ((), _created, mut locked) = tokio::try_join!(
             begin_keyed_transaction(&self.engine, client),
             ensure_streams(&self.engine, client, &ensure, tenant, &streams),
             lock_streams(&self.engine, client, &lock, tenant, &streams),
         )?;
+        let records = &mut locked.records;
         let mut changed_streams = BTreeSet::new();
         let mut outcomes = Vec::with_capacity(events.len());
         for event in &events {
