@@ -694,8 +694,10 @@ mod tests {
         FROM generate_series(1, 20) AS n;
         ANALYZE plinth_events_streams, plinth_events_events;";
 
-    /// Each statement an append group keeps a plan for, with its parameter
-    /// types and arguments to explain it with.
+    /// Each statement of a keyed transaction that reads or changes existing
+    /// rows (the others are inserts, which meet existing rows only through
+    /// a unique index), with its parameter types and arguments to explain
+    /// it with.
     fn kept_statements() -> Vec<(&'static str, String, &'static str, &'static str)> {
         vec![
             (
@@ -715,6 +717,12 @@ mod tests {
                 FORGET_STREAMS.to_string(),
                 "text[]",
                 "ARRAY['(0,1)']",
+            ),
+            (
+                "import's event at revision",
+                crate::postgres::EVENT_AT_REVISION.to_string(),
+                "text, text, bigint",
+                "'small', 'stream-1', 0",
             ),
             (
                 "write",

@@ -132,6 +132,10 @@ const ADVANCE_HEAD_BY_ONE: &str =
          last_recorded_us = GREATEST(h.last_recorded_us, $2)
      RETURNING h.last_position";
 
+/// The id and hash of the event an import would put at a revision.
+pub(super) const EVENT_AT_REVISION: &str = "SELECT event_id, hash FROM plinth_events_events
+     WHERE tenant = $1 AND stream = $2 AND revision = $3";
+
 const INSERT_EVENT: &str = "INSERT INTO plinth_events_events
         (tenant, position, stream, revision, event_id, event_type, schema_version, data, metadata,
          recorded_at_us, hash)
@@ -687,8 +691,7 @@ impl EventBackend for PostgresEventBackend {
                 [
                     ENSURE_STREAMS,
                     &lock_sql,
-                    "SELECT event_id, hash FROM plinth_events_events
-                     WHERE tenant = $1 AND stream = $2 AND revision = $3",
+                    EVENT_AT_REVISION,
                     UPSERT_STREAM,
                     ADVANCE_HEAD_BY_ONE,
                     INSERT_EVENT,
