@@ -72,6 +72,13 @@ impl managed::Manager for IdleVerifyingManager {
     }
 }
 
+/// `url` with the session's `search_path` set to `schema`, so everything
+/// a connection made with it creates and reads unqualified lives there.
+pub fn url_with_search_path(url: &str, schema: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options=-csearch_path%3D{schema}")
+}
+
 /// A connection outside the pool (see [`PostgresEngine::connect_dedicated`]):
 /// the caller must poll it for the client to make progress.
 pub type DedicatedConnection =

@@ -55,8 +55,7 @@ pub async fn isolated_postgres_url(base_url: &str, test_name: &str) -> String {
         .batch_execute(&format!("CREATE SCHEMA {schema}"))
         .await
         .expect("create the test schema");
-    let separator = if base_url.contains('?') { '&' } else { '?' };
-    format!("{base_url}{separator}options=-csearch_path%3D{schema}")
+    crate::postgres::url_with_search_path(base_url, &schema)
 }
 
 /// A Redis engine on `url` with a default breaker, once it has connected.

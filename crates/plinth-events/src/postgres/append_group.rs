@@ -195,10 +195,14 @@ impl AppendGroupWriter {
         // so the statements are planned for keyed lookups, the locks see
         // the rows the ensuring statement created, and the ids are looked
         // up under the locks.
-        let ((), created_streams, locked, existing) = tokio::try_join!(
-            begin_keyed_transaction(&self.engine, client),
-            ensure_streams(&self.engine, client, &statements.ensure, tenant, &streams),
-            lock_streams(&self.engine, client, &statements.lock, tenant, &streams),
+        let ((created_streams, locked), existing) = tokio::try_join!(
+            begin_with_streams_locked(
+                &self.engine,
+                client,
+                [&statements.ensure, &statements.lock],
+                tenant,
+                &streams
+            ),
             self.existing_ids(client, &statements, tenant, group),
         )?;
 
@@ -262,8 +266,7 @@ impl AppendGroupWriter {
                 tenant,
                 group,
                 &writes,
-                &written_row_ids,
-                event_count
+                &written_row_ids
             ),
             self.engine
                 .run("events_append_commit", client.batch_execute(COMMIT)),
@@ -380,7 +383,6 @@ impl AppendGroupWriter {
     /// Advances the counter, inserts the events and updates the streams'
     /// rows (at `row_ids`, in the order of `writes`) in one statement;
     /// returns the group's first position.
-    #[allow(clippy::too_many_arguments)]
     async fn append_at_head(
         &self,
         client: &Client,
@@ -389,13 +391,13 @@ impl AppendGroupWriter {
         group: &[PendingAppend],
         writes: &[GroupWrite],
         row_ids: &[&str],
-        event_count: i64,
     ) -> Result<i64, Error> {
         let mut newest_now_micros = i64::MIN;
         for write in writes {
             newest_now_micros = newest_now_micros.max(group[write.append_index].now_micros);
         }
         let events = EventColumns::new(group, writes)?;
+        let event_count = events.ids.len() as i64;
         let streams = StreamColumns::new(group, writes, row_ids)?;
         let parameters: [&(dyn ToSql + Sync); 16] = [
             &tenant,
@@ -442,10 +444,7 @@ impl AppendGroupWriter {
 /// make, the plan is made once (`force_generic_plan`). Appends, imports
 /// and stream changes open their transactions so; other statements are
 /// not affected.
-pub(super) async fn begin_keyed_transaction(
-    engine: &PostgresEngine,
-    client: &Client,
-) -> Result<(), Error> {
+async fn begin_keyed_transaction(engine: &PostgresEngine, client: &Client) -> Result<(), Error> {
     engine
         .run(
             "events_begin",
@@ -457,9 +456,31 @@ pub(super) async fn begin_keyed_transaction(
         .await
 }
 
+/// Opens a keyed transaction ([`begin_keyed_transaction`]) on `client`,
+/// creates the rows of `streams` (sorted) that have none and locks every
+/// one, all sent together (one round trip). `statements` are
+/// [`ENSURE_STREAMS`] and [`lock_streams_sql`], prepared on `client`.
+/// Returns the streams it created and the locked rows.
+pub(super) async fn begin_with_streams_locked(
+    engine: &PostgresEngine,
+    client: &Client,
+    [ensure, lock]: [&Statement; 2],
+    tenant: &str,
+    streams: &[&str],
+) -> Result<(HashSet<String>, LockedStreams), Error> {
+    // Sent in this order and run in it: the locks see the rows the
+    // ensuring statement created.
+    let ((), created, locked) = tokio::try_join!(
+        begin_keyed_transaction(engine, client),
+        ensure_streams(engine, client, ensure, tenant, streams),
+        lock_streams(engine, client, lock, tenant, streams),
+    )?;
+    Ok((created, locked))
+}
+
 /// Creates the rows of `streams` (sorted) that have none, with
 /// [`ENSURE_STREAMS`]; returns those it created.
-pub(super) async fn ensure_streams(
+async fn ensure_streams(
     engine: &PostgresEngine,
     client: &Client,
     ensure: &Statement,
@@ -501,7 +522,7 @@ impl LockedStreams {
 
 /// Locks the rows of `streams` (sorted) in that order, with
 /// [`lock_streams_sql`].
-pub(super) async fn lock_streams(
+async fn lock_streams(
     engine: &PostgresEngine,
     client: &Client,
     lock: &Statement,

@@ -81,8 +81,7 @@ use crate::store::{
 };
 use crate::validation::PreparedEvent;
 use append_group::{
-    AppendGroupWriter, ENSURE_STREAMS, begin_keyed_transaction, ensure_streams, lock_streams,
-    lock_streams_sql,
+    AppendGroupWriter, ENSURE_STREAMS, begin_with_streams_locked, lock_streams_sql,
 };
 use append_queue::AppendQueue;
 use commit_signals::CommitSignals;
@@ -332,11 +331,9 @@ impl EventBackend for PostgresEventBackend {
         let transaction = PipelinedTransaction::new(client);
         let client = transaction.client();
         let streams = [stream.as_str()];
-        let ((), _created, mut locked) = tokio::try_join!(
-            begin_keyed_transaction(&self.engine, client),
-            ensure_streams(&self.engine, client, &ensure, tenant, &streams),
-            lock_streams(&self.engine, client, &lock, tenant, &streams),
-        )?;
+        let (_created, mut locked) =
+            begin_with_streams_locked(&self.engine, client, [&ensure, &lock], tenant, &streams)
+                .await?;
         let record = locked.records.remove(stream.as_str()).ok_or_else(|| {
             Error::internal(format!(
                 "the row of stream `{stream}` was not there to lock"
@@ -705,11 +702,9 @@ impl EventBackend for PostgresEventBackend {
         let mut streams: Vec<&str> = events.iter().map(|event| event.stream.as_str()).collect();
         streams.sort_unstable();
         streams.dedup();
-        let ((), _created, mut locked) = tokio::try_join!(
-            begin_keyed_transaction(&self.engine, client),
-            ensure_streams(&self.engine, client, &ensure, tenant, &streams),
-            lock_streams(&self.engine, client, &lock, tenant, &streams),
-        )?;
+        let (_created, mut locked) =
+            begin_with_streams_locked(&self.engine, client, [&ensure, &lock], tenant, &streams)
+                .await?;
         let records = &mut locked.records;
         let mut changed_streams = BTreeSet::new();
         let mut outcomes = Vec::with_capacity(events.len());

@@ -39,8 +39,7 @@ impl RawPostgres {
     /// Creates the run's schema and the raw table in it.
     pub async fn connect(url: &str) -> anyhow::Result<RawPostgres> {
         let schema = run_schema_name();
-        let separator = if url.contains('?') { '&' } else { '?' };
-        let schema_url = format!("{url}{separator}options=-csearch_path%3D{schema}");
+        let schema_url = plinth_engines::postgres::url_with_search_path(url, &schema);
         let client = connect_client(url).await?;
         client
             .batch_execute(&format!(
