@@ -7,6 +7,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -181,12 +182,16 @@ pub fn build_router(state: AppState) -> Router {
     );
     let (public_router, _) = public_routes().split_for_parts();
     let (authenticated_router, _) = authenticated_routes().split_for_parts();
-    let authenticated_router = authenticated_router
-        .route_layer(IdempotencyLayer::new(state.clone()))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            authenticate,
-        ));
+    // One `route_layer` for both: axum boxes each layer call's service and
+    // clones every box below it per request, so a stack costs one box.
+    let authenticated_router = authenticated_router.route_layer(
+        ServiceBuilder::new()
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                authenticate,
+            ))
+            .layer(IdempotencyLayer::new(state.clone())),
+    );
     let openapi_router = Router::new()
         .route("/v1/openapi.json", axum::routing::get(get_openapi))
         .with_state(document_json);
@@ -201,24 +206,26 @@ pub fn build_router(state: AppState) -> Router {
 }
 
 /// Wraps a router in the middleware every route shares.
-pub fn apply_middleware(router: Router, server_config: &ServerConfig) -> Router {
+pub fn apply_middleware(mut router: Router, server_config: &ServerConfig) -> Router {
     let limits = EdgeLimits {
         request_timeout: server_config.request_timeout.as_duration(),
         max_body_bytes: server_config.max_body_bytes,
     };
-    // Each `layer` call wraps everything added before it, so the last one
-    // (the edge) runs first on the way in. The panic catcher sits inside
-    // the edge so a panic's 500 still carries the request id.
-    let mut router = router
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(CatchPanicLayer::custom(crate::serve::panic_response));
-    if server_config.compression {
-        router = router.layer(CompressionLayer::new());
-    }
+    // The stack is one `layer` call because axum boxes the service of each
+    // call and clones every box below it for every request. Within the
+    // stack the first layer runs first: the edge, so everything below it
+    // (a panic's 500 included) carries the request id. CORS, when set up,
+    // sits inside, so its preflight answers are counted and logged too.
     if let Some(cors) = cors_layer(&server_config.cors) {
         router = router.layer(cors);
     }
-    router.layer(axum::middleware::from_fn_with_state(limits, edge))
+    router.layer(
+        ServiceBuilder::new()
+            .layer(axum::middleware::from_fn_with_state(limits, edge))
+            .layer(CompressionLayer::new().gzip(server_config.compression))
+            .layer(CatchPanicLayer::custom(crate::serve::panic_response))
+            .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
+    )
 }
 
 fn cors_layer(config: &plinth_core::config::CorsConfig) -> Option<CorsLayer> {

@@ -152,6 +152,23 @@ async fn large_responses_are_gzip_compressed_when_the_client_accepts_it() {
 }
 
 #[tokio::test]
+async fn compression_switched_off_in_config_sends_plain_bodies() {
+    let node = Node::start(NodeOptions::dev().env("PLINTH_SERVER__COMPRESSION", "false")).await;
+    let api = node.anonymous();
+
+    let response = api
+        .send(
+            api.request(Method::GET, "/v1/openapi.json")
+                .header("accept-encoding", "gzip"),
+        )
+        .await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-encoding"), None);
+    let document: Value = serde_json::from_slice(&response.body).expect("a plain JSON body");
+    assert!(document["paths"].is_object());
+}
+
+#[tokio::test]
 async fn cors_preflight_is_answered_for_configured_origins_only() {
     let node = Node::start(NodeOptions::enforced().env(
         "PLINTH_SERVER__CORS__ALLOWED_ORIGINS",
