@@ -141,36 +141,68 @@ impl Authenticator {
 
     /// Authenticates the raw `Authorization` header value, if any.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Arc<Principal>, Error> {
+        match self.authenticate_from_memory(authorization) {
+            MemoryAuthentication::Decided(decided) => decided,
+            MemoryAuthentication::NeedsKeyRecord {
+                key_id,
+                secret_part,
+            } => {
+                let key = self.load_key(key_id).await?;
+                check_presented_secret(key.as_deref(), secret_part)
+            }
+        }
+    }
+
+    /// Authenticates with what the node holds in memory: the bootstrap key,
+    /// JWT keys, and API key records read in the last
+    /// [`API_KEY_CACHE_TTL`]. Only an API key whose record is not at hand
+    /// needs [`Authenticator::authenticate`]; every other request is
+    /// decided here without waiting, which keeps the HTTP hot path free of
+    /// a boxed future.
+    pub fn authenticate_from_memory<'header>(
+        &self,
+        authorization: Option<&'header str>,
+    ) -> MemoryAuthentication<'header> {
         let Some(authorization) = authorization else {
             if self.mode == AuthMode::Dev {
-                return Ok(Arc::clone(&self.dev_principal));
+                return MemoryAuthentication::Decided(Ok(Arc::clone(&self.dev_principal)));
             }
-            return Err(Error::unauthenticated(
+            return MemoryAuthentication::Decided(Err(Error::unauthenticated(
                 "missing credentials: send `Authorization: Bearer <api key or JWT>`",
-            ));
+            )));
         };
         let Some(token) = bearer_token(authorization) else {
-            return Err(Error::unauthenticated(
+            return MemoryAuthentication::Decided(Err(Error::unauthenticated(
                 "the Authorization header must read `Bearer <api key or JWT>`",
-            ));
+            )));
         };
         if self.is_bootstrap_key(token) {
-            return Ok(Arc::clone(&self.bootstrap_principal));
+            return MemoryAuthentication::Decided(Ok(Arc::clone(&self.bootstrap_principal)));
         }
         if let Some(presented) = parse_presented_key(token) {
-            return self
-                .authenticate_api_key(presented.id, presented.secret_part)
-                .await;
+            return match self.cached_key(presented.id) {
+                Some(key) => MemoryAuthentication::Decided(check_presented_secret(
+                    key.as_deref(),
+                    presented.secret_part,
+                )),
+                None => MemoryAuthentication::NeedsKeyRecord {
+                    key_id: presented.id,
+                    secret_part: presented.secret_part,
+                },
+            };
         }
         let Some(jwt) = &self.jwt else {
-            return Err(Error::unauthenticated("the API key is not valid"));
+            return MemoryAuthentication::Decided(Err(Error::unauthenticated(
+                "the API key is not valid",
+            )));
         };
-        let verified = jwt.verify(token)?;
-        Ok(Arc::new(Principal {
-            tenant: verified.tenant,
-            scopes: verified.scopes,
-            actor: format!("jwt:{}", verified.subject),
-            kind: CredentialKind::Jwt,
+        MemoryAuthentication::Decided(jwt.verify(token).map(|verified| {
+            Arc::new(Principal {
+                tenant: verified.tenant,
+                scopes: verified.scopes,
+                actor: format!("jwt:{}", verified.subject),
+                kind: CredentialKind::Jwt,
+            })
         }))
     }
 
@@ -199,41 +231,20 @@ impl Authenticator {
         digests_match(&presented, expected)
     }
 
-    async fn authenticate_api_key(
-        &self,
-        key_id: &str,
-        secret_part: &str,
-    ) -> Result<Arc<Principal>, Error> {
-        let key = self.lookup_key(key_id).await?;
-        // One message for "no such key" and "wrong secret", so a caller
-        // cannot probe which key ids exist.
-        let Some(key) = key else {
-            return Err(Error::unauthenticated("the API key is not valid"));
-        };
-        if !digests_match(&digest_secret(secret_part), &key.secret_sha256) {
-            return Err(Error::unauthenticated("the API key is not valid"));
+    /// The cached record of a key id, when it was read recently enough;
+    /// `Some(None)` when the id is known not to exist.
+    fn cached_key(&self, key_id: &str) -> Option<Option<Arc<KnownApiKey>>> {
+        let cache = self.key_cache.lock();
+        let cached = cache.records.get(key_id)?;
+        if cached.loaded_at.elapsed() >= API_KEY_CACHE_TTL {
+            return None;
         }
-        if key.revoked_at.is_some() {
-            return Err(Error::unauthenticated("the API key was revoked"));
-        }
-        if let Some(expires_at) = key.expires_at
-            && expires_at <= OffsetDateTime::now_utc()
-        {
-            return Err(Error::unauthenticated("the API key has expired"));
-        }
-        Ok(Arc::clone(&key.principal))
+        Some(cached.key.clone())
     }
 
-    async fn lookup_key(&self, key_id: &str) -> Result<Option<Arc<KnownApiKey>>, Error> {
-        let generation_before_read = {
-            let cache = self.key_cache.lock();
-            if let Some(cached) = cache.records.get(key_id)
-                && cached.loaded_at.elapsed() < API_KEY_CACHE_TTL
-            {
-                return Ok(cached.key.clone());
-            }
-            cache.forget_generation
-        };
+    /// Reads a key record from the store and caches it.
+    async fn load_key(&self, key_id: &str) -> Result<Option<Arc<KnownApiKey>>, Error> {
+        let generation_before_read = self.key_cache.lock().forget_generation;
         let record = self.store.get_api_key(key_id).await?;
         let key = record.map(|record| Arc::new(KnownApiKey::from_record(record)));
         let mut cache = self.key_cache.lock();
@@ -253,6 +264,42 @@ impl Authenticator {
         );
         Ok(key)
     }
+}
+
+/// What [`Authenticator::authenticate_from_memory`] could tell.
+pub enum MemoryAuthentication<'header> {
+    /// The credential is accepted or refused.
+    Decided(Result<Arc<Principal>, Error>),
+    /// An API key whose record must be read from the store first.
+    NeedsKeyRecord {
+        key_id: &'header str,
+        secret_part: &'header str,
+    },
+}
+
+/// Checks a presented API key secret against the key's record (`None`
+/// when no key has that id).
+fn check_presented_secret(
+    key: Option<&KnownApiKey>,
+    secret_part: &str,
+) -> Result<Arc<Principal>, Error> {
+    // One message for "no such key" and "wrong secret", so a caller
+    // cannot probe which key ids exist.
+    let Some(key) = key else {
+        return Err(Error::unauthenticated("the API key is not valid"));
+    };
+    if !digests_match(&digest_secret(secret_part), &key.secret_sha256) {
+        return Err(Error::unauthenticated("the API key is not valid"));
+    }
+    if key.revoked_at.is_some() {
+        return Err(Error::unauthenticated("the API key was revoked"));
+    }
+    if let Some(expires_at) = key.expires_at
+        && expires_at <= OffsetDateTime::now_utc()
+    {
+        return Err(Error::unauthenticated("the API key has expired"));
+    }
+    Ok(Arc::clone(&key.principal))
 }
 
 /// The principal of the bootstrap key and of dev mode: every scope, in the
@@ -313,6 +360,93 @@ fn validated_bootstrap_key(key: &str) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api_key::GeneratedApiKey;
+    use crate::migrations::CONTROL_MIGRATIONS;
+    use crate::store::{NewApiKey, open_control_store};
+    use plinth_core::config::SqliteConfig;
+    use plinth_core::resilience::{BreakerConfig, CircuitBreaker};
+    use plinth_engines::{SqliteEngine, Store};
+
+    async fn sqlite_control_store(directory: &tempfile::TempDir) -> Arc<dyn ControlStore> {
+        let breaker = Arc::new(CircuitBreaker::new("sqlite", BreakerConfig::default()));
+        let engine = SqliteEngine::open(
+            &directory.path().join("plinth.db"),
+            &SqliteConfig::default(),
+            breaker,
+            Duration::from_secs(5),
+        )
+        .expect("open sqlite");
+        let store = Store::Sqlite(Arc::new(engine));
+        store
+            .migrate(&[&CONTROL_MIGRATIONS])
+            .await
+            .expect("apply the control migrations");
+        open_control_store(&store)
+    }
+
+    fn is_undecided(decision: &MemoryAuthentication<'_>) -> bool {
+        matches!(decision, MemoryAuthentication::NeedsKeyRecord { .. })
+    }
+
+    #[tokio::test]
+    async fn api_keys_are_decided_from_memory_once_their_record_is_read() {
+        let directory = tempfile::tempdir().expect("create a temporary directory");
+        let store = sqlite_control_store(&directory).await;
+        let generated = GeneratedApiKey::generate();
+        store
+            .create_api_key(NewApiKey {
+                id: generated.id.clone(),
+                tenant: TenantId::default_tenant(),
+                name: "test key".to_string(),
+                scopes: ScopeSet::parse_all(["cache:read"]).expect("valid scopes"),
+                secret_sha256: generated.secret_sha256,
+                expires_at: None,
+            })
+            .await
+            .expect("create the key");
+        let config = AuthConfig {
+            mode: AuthMode::Enforced,
+            ..AuthConfig::default()
+        };
+        let authenticator = Authenticator::new(store, &config).expect("an authenticator");
+        let header = format!("Bearer {}", generated.secret.reveal());
+        let wrong_secret = format!("Bearer plk_{}_{}", generated.id, "x".repeat(43));
+
+        assert!(is_undecided(
+            &authenticator.authenticate_from_memory(Some(&header))
+        ));
+        let principal = authenticator
+            .authenticate(Some(&header))
+            .await
+            .expect("the key authenticates");
+        assert_eq!(principal.actor, format!("key:{}", generated.id));
+
+        let MemoryAuthentication::Decided(Ok(from_memory)) =
+            authenticator.authenticate_from_memory(Some(&header))
+        else {
+            panic!("a cached key is decided from memory");
+        };
+        assert!(Arc::ptr_eq(&from_memory, &principal));
+        let MemoryAuthentication::Decided(Err(refusal)) =
+            authenticator.authenticate_from_memory(Some(&wrong_secret))
+        else {
+            panic!("a wrong secret of a cached key is refused from memory");
+        };
+        assert_eq!(refusal.detail(), "the API key is not valid");
+
+        authenticator.forget_key(&generated.id);
+        assert!(is_undecided(
+            &authenticator.authenticate_from_memory(Some(&header))
+        ));
+
+        for authorization in [None, Some("Basic abc"), Some("Bearer not-a-key")] {
+            let decision = authenticator.authenticate_from_memory(authorization);
+            assert!(
+                matches!(decision, MemoryAuthentication::Decided(Err(_))),
+                "{authorization:?} is refused without the store"
+            );
+        }
+    }
 
     #[test]
     fn bearer_tokens_are_extracted_strictly() {

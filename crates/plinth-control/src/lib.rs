@@ -24,7 +24,7 @@ mod sqlite;
 mod store;
 
 pub use api_key::{ApiKeySecret, GeneratedApiKey};
-pub use authenticator::{Authenticator, CredentialKind, Principal};
+pub use authenticator::{Authenticator, CredentialKind, MemoryAuthentication, Principal};
 pub use jwt::JwtVerifier;
 pub use migrations::CONTROL_MIGRATIONS;
 pub use scope::{Scope, ScopeSet};

@@ -17,8 +17,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::idempotency::IdempotencyLayer;
-use crate::middleware::auth::authenticate;
-use crate::middleware::edge::{EdgeLimits, edge};
+use crate::middleware::auth::AuthenticateLayer;
+use crate::middleware::edge::{EdgeLayer, EdgeLimits};
 use crate::middleware::request_context::REQUEST_ID_HEADER;
 use crate::problem::ApiError;
 use crate::routes::{
@@ -186,10 +186,7 @@ pub fn build_router(state: AppState) -> Router {
     // clones every box below it per request, so a stack costs one box.
     let authenticated_router = authenticated_router.route_layer(
         ServiceBuilder::new()
-            .layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                authenticate,
-            ))
+            .layer(AuthenticateLayer::new(state.clone()))
             .layer(IdempotencyLayer::new(state.clone())),
     );
     let openapi_router = Router::new()
@@ -221,7 +218,7 @@ pub fn apply_middleware(mut router: Router, server_config: &ServerConfig) -> Rou
     }
     router.layer(
         ServiceBuilder::new()
-            .layer(axum::middleware::from_fn_with_state(limits, edge))
+            .layer(EdgeLayer::new(limits))
             .layer(CompressionLayer::new().gzip(server_config.compression))
             .layer(CatchPanicLayer::custom(crate::serve::panic_response))
             .layer(DefaultBodyLimit::max(limits.max_body_bytes)),

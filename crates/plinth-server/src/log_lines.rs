@@ -534,8 +534,7 @@ mod tests {
                 format,
                 queue: sender,
             };
-            request
-                .clone()
+            std::sync::Arc::new(request.clone())
                 .scope(async {
                     tracing::subscriber::with_default(subscriber, || {
                         tracing::info!(

@@ -5,49 +5,152 @@
 //! check scopes with
 //! `Principal::require`; the tenant every resource name is scoped to comes
 //! only from the principal, never from the request.
+//!
+//! The layer is a hand-written tower service rather than a `from_fn`
+//! middleware: most requests are decided from memory (a cached API key
+//! record, a JWT, the bootstrap key) and go straight to the service below,
+//! without a clone of it and a boxed future. Only an API key whose record
+//! must be read from the store takes the asynchronous path.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use plinth_control::Principal;
+use futures::future::{BoxFuture, Either};
+use plinth_control::{MemoryAuthentication, Principal};
 use plinth_core::{Error, ErrorKind};
+use tower::{Layer, Service, ServiceExt};
 
 use crate::audit::RequestOrigin;
 use crate::middleware::request_context::current_request_id;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
-pub async fn authenticate(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let authorization = match request.headers().get(AUTHORIZATION) {
-        None => None,
-        Some(value) => match value.to_str() {
-            Ok(text) => Some(text),
-            Err(_) => {
-                return refuse(
-                    &state,
-                    &request,
-                    Error::unauthenticated("the Authorization header is not valid ASCII"),
-                );
+/// Puts [`Authenticate`] in front of the routes it wraps.
+#[derive(Clone)]
+pub struct AuthenticateLayer {
+    state: AppState,
+}
+
+impl AuthenticateLayer {
+    pub fn new(state: AppState) -> AuthenticateLayer {
+        AuthenticateLayer { state }
+    }
+}
+
+impl<Inner> Layer<Inner> for AuthenticateLayer {
+    type Service = Authenticate<Inner>;
+
+    fn layer(&self, inner: Inner) -> Authenticate<Inner> {
+        Authenticate {
+            state: self.state.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Authenticate<Inner> {
+    state: AppState,
+    inner: Inner,
+}
+
+type ReadyResponse = std::future::Ready<Result<Response, Infallible>>;
+type AuthenticateFuture<InnerFuture> =
+    Either<Either<InnerFuture, ReadyResponse>, BoxFuture<'static, Result<Response, Infallible>>>;
+
+impl<Inner> Service<Request> for Authenticate<Inner>
+where
+    Inner: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    Inner::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = AuthenticateFuture<Inner::Future>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let authorization = match authorization_of(&request) {
+            Ok(authorization) => authorization,
+            Err(error) => return refused(&self.state, &request, error),
+        };
+        match self
+            .state
+            .authenticator
+            .authenticate_from_memory(authorization)
+        {
+            MemoryAuthentication::Decided(Ok(principal)) => {
+                request.extensions_mut().insert(principal);
+                Either::Left(Either::Left(self.inner.call(request)))
             }
-        },
+            MemoryAuthentication::Decided(Err(error)) => refused(&self.state, &request, error),
+            MemoryAuthentication::NeedsKeyRecord { .. } => {
+                // `inner` was made ready by `poll_ready`: keep that one for
+                // this request and leave a fresh clone for the next.
+                let fresh_inner = self.inner.clone();
+                let ready_inner = std::mem::replace(&mut self.inner, fresh_inner);
+                let state = self.state.clone();
+                Either::Right(Box::pin(authenticate_from_store(
+                    state,
+                    request,
+                    ready_inner,
+                )))
+            }
+        }
+    }
+}
+
+/// The asynchronous path: the API key's record is read (and cached)
+/// before the request goes on.
+async fn authenticate_from_store<Inner>(
+    state: AppState,
+    mut request: Request,
+    inner: Inner,
+) -> Result<Response, Infallible>
+where
+    Inner: Service<Request, Response = Response, Error = Infallible>,
+{
+    let authorization = match authorization_of(&request) {
+        Ok(authorization) => authorization,
+        Err(error) => return Ok(refuse(&state, &request, error)),
     };
-    let authenticated = state.authenticator.authenticate(authorization).await;
-    match authenticated {
+    match state.authenticator.authenticate(authorization).await {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
-            next.run(request).await
+            inner.oneshot(request).await
         }
-        Err(error) => refuse(&state, &request, error),
+        Err(error) => Ok(refuse(&state, &request, error)),
     }
+}
+
+/// The `Authorization` header's value, if any; not valid ASCII is refused.
+fn authorization_of(request: &Request) -> Result<Option<&str>, Error> {
+    let Some(value) = request.headers().get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(text) => Ok(Some(text)),
+        Err(_) => Err(Error::unauthenticated(
+            "the Authorization header is not valid ASCII",
+        )),
+    }
+}
+
+fn refused<InnerFuture>(
+    state: &AppState,
+    request: &Request,
+    error: Error,
+) -> AuthenticateFuture<InnerFuture> {
+    let response = refuse(state, request, error);
+    Either::Left(Either::Right(std::future::ready(Ok(response))))
 }
 
 fn refuse(state: &AppState, request: &Request, error: Error) -> Response {

@@ -4,6 +4,8 @@
 //! whole request, so problem documents, the audit log and every log line can
 //! name the request without threading it through every call.
 
+use std::sync::Arc;
+
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, Method};
 
@@ -13,7 +15,7 @@ const MAX_REQUEST_ID_LENGTH: usize = 128;
 const UNMATCHED_ROUTE: &str = "unmatched";
 
 tokio::task_local! {
-    static CURRENT_REQUEST: RequestContext;
+    static CURRENT_REQUEST: Arc<RequestContext>;
 }
 
 #[derive(Clone, Debug)]
@@ -50,14 +52,21 @@ impl RequestContext {
     }
 
     /// Runs `future` with this context as the task's current request.
-    pub async fn scope<F: Future>(self, future: F) -> F::Output {
+    pub async fn scope<F: Future>(self: Arc<Self>, future: F) -> F::Output {
         CURRENT_REQUEST.scope(self, future).await
+    }
+
+    /// Runs `call` with this context as the current request, for the
+    /// synchronous part of handling (calling the services below the edge,
+    /// before their futures run).
+    pub fn sync_scope<R>(self: &Arc<Self>, call: impl FnOnce() -> R) -> R {
+        CURRENT_REQUEST.sync_scope(Arc::clone(self), call)
     }
 }
 
 /// Reads the context of the request being served on this task, if any.
 pub fn with_current_request<R>(read: impl FnOnce(&RequestContext) -> R) -> Option<R> {
-    CURRENT_REQUEST.try_with(read).ok()
+    CURRENT_REQUEST.try_with(|request| read(request)).ok()
 }
 
 /// The id of the request being served on this task, if any.
