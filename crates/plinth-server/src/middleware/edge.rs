@@ -91,17 +91,17 @@ where
         let context = Arc::new(RequestContext::of(&request));
         let request_id_header = HeaderValue::from_str(&context.request_id).ok();
         let span = request_span(&context, request.headers());
-        // What runs here, before the future, reads the request's context
-        // too: a refusal's problem document, and the services below while
-        // they are called.
+        // What runs here, before the future, belongs to the request too: a
+        // refusal's problem document reads its id, and the services below
+        // may log (an authentication failure) while they are called.
         let max_body_bytes = self.limits.max_body_bytes;
-        let handling =
-            context.sync_scope(
-                || match refuse_oversized_body(request.headers(), max_body_bytes) {
-                    Some(refusal) => Handling::Refused(refusal),
-                    None => Handling::Running(self.inner.call(request)),
-                },
-            );
+        let handling = context.sync_scope(|| {
+            let _in_span = span.enter();
+            match refuse_oversized_body(request.headers(), max_body_bytes) {
+                Some(refusal) => Handling::Refused(refusal),
+                None => Handling::Running(self.inner.call(request)),
+            }
+        });
         let request_timeout = self.limits.request_timeout;
         Box::pin(context.scope(async move {
             let in_flight = InFlightRequest::enter();
