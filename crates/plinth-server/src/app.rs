@@ -219,6 +219,8 @@ pub fn apply_middleware(mut router: Router, server_config: &ServerConfig) -> Rou
     router.layer(
         ServiceBuilder::new()
             .layer(EdgeLayer::new(limits))
+            // gzip is the only encoding compiled in (tower-http's
+            // features in the workspace), so this switches compression off.
             .layer(CompressionLayer::new().gzip(server_config.compression))
             .layer(CatchPanicLayer::custom(crate::serve::panic_response))
             .layer(DefaultBodyLimit::max(limits.max_body_bytes)),

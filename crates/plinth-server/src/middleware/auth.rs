@@ -80,7 +80,7 @@ where
     fn call(&mut self, mut request: Request) -> Self::Future {
         let authorization = match authorization_of(&request) {
             Ok(authorization) => authorization,
-            Err(error) => return refused(&self.state, &request, error),
+            Err(error) => return ready_refusal(&self.state, &request, error),
         };
         match self
             .state
@@ -91,7 +91,9 @@ where
                 request.extensions_mut().insert(principal);
                 Either::Left(Either::Left(self.inner.call(request)))
             }
-            MemoryAuthentication::Decided(Err(error)) => refused(&self.state, &request, error),
+            MemoryAuthentication::Decided(Err(error)) => {
+                ready_refusal(&self.state, &request, error)
+            }
             MemoryAuthentication::NeedsKeyRecord { .. } => {
                 // `inner` was made ready by `poll_ready`: keep that one for
                 // this request and leave a fresh clone for the next.
@@ -144,7 +146,8 @@ fn authorization_of(request: &Request) -> Result<Option<&str>, Error> {
     }
 }
 
-fn refused<InnerFuture>(
+/// A refusal, as this service's already finished future.
+fn ready_refusal<InnerFuture>(
     state: &AppState,
     request: &Request,
     error: Error,

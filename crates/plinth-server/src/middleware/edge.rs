@@ -8,9 +8,10 @@
 //! each, and rather than an `axum::middleware::from_fn`, because every
 //! such layer costs a boxed future and a clone of the services below it
 //! per request, and the HTTP benchmark holds the whole stack to a few tens
-//! of microseconds. The service calls the one below it directly, so the
-//! only per-request allocation it adds is its own future. Each step itself
-//! lives in its own module.
+//! of microseconds. The service calls the one below it directly, so what
+//! it allocates per request is its own future and the request's context
+//! (shared by the call and the future). Each step itself lives in its own
+//! module.
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
