@@ -70,7 +70,7 @@ measure() { # label pid port
     before=$(cpu_ticks "$2")
     "$BINARY_A" bench http --target "http://127.0.0.1:$3" --api-key "$ADMIN_KEY" \
         --bare "http://127.0.0.1:$BARE_PORT/bare" --duration "$DURATION" --warmup "$WARMUP" \
-        --json >"$WORK_DIR/$1.json" 2>/dev/null
+        --rounds 1 --json >"$WORK_DIR/$1.json" 2>/dev/null
     after=$(cpu_ticks "$2")
     python3 - "$1" "$before" "$after" "$(getconf CLK_TCK)" "$WORK_DIR/$1.json" <<'PY'
 import json, sys

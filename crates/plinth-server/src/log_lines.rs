@@ -617,4 +617,41 @@ mod tests {
         let output = output_receiver.recv().unwrap();
         assert_eq!(String::from_utf8(output).unwrap(), "first\nsecond\n");
     }
+
+    #[test]
+    fn the_writer_thread_writes_lines_in_order_whether_they_come_in_bursts_or_apart() {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(QUEUED_LINES_LIMIT);
+        let (output_sender, output_receiver) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            let mut output = Vec::new();
+            write_lines_until_closed(receiver, &mut output);
+            output_sender.send(output).unwrap();
+        });
+        let flusher = LogLineFlusher {
+            queue: sender.clone(),
+        };
+        let mut expected = String::new();
+        let mut send_line = |line: String| {
+            expected.push_str(&line);
+            sender.send(WriterMessage::Line(line)).unwrap();
+        };
+
+        send_line("alone\n".to_string());
+        // Longer than a batch interval: the writer finds the queue empty and
+        // waits on it again, so the next line has to wake it.
+        std::thread::sleep(BATCH_INTERVAL * 3);
+        for index in 0..1000 {
+            send_line(format!("burst {index}\n"));
+        }
+        flusher.flush(Duration::from_secs(5));
+        std::thread::sleep(BATCH_INTERVAL * 3);
+        send_line("after the burst\n".to_string());
+        flusher.flush(Duration::from_secs(5));
+        drop(flusher);
+        drop(sender);
+        writer.join().unwrap();
+
+        let output = output_receiver.recv().unwrap();
+        assert_eq!(String::from_utf8(output).unwrap(), expected);
+    }
 }

@@ -9,6 +9,12 @@
 //! Latency overhead is judged on the unloaded pass because under saturation
 //! p50 is mostly queueing (Little's law: connections / throughput), so a
 //! loaded p50 difference only restates the throughput ratio.
+//!
+//! Each pass measures the targets in turn, in `--rounds` short rounds, and
+//! adds up each target's rounds. On a shared virtual machine the speed of
+//! the same binary drifts by a third over minutes; one long window per
+//! target would put that drift into the comparison, while rounds taken in
+//! turn give every target the same share of fast and slow minutes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,12 +43,17 @@ const LATENCY_CONNECTIONS: usize = 1;
 
 #[derive(Debug, Args)]
 pub struct HttpBenchArguments {
-    /// Measured time per target and pass, after the warm-up.
+    /// Measured time per target and pass, after the warm-ups, split evenly
+    /// over the rounds.
     #[arg(long, value_name = "DURATION", default_value = "10s")]
     duration: HumanDuration,
-    /// Unmeasured load before each measured window (connections open,
-    /// caches fill, the CPU clocks up).
-    #[arg(long, value_name = "DURATION", default_value = "2s")]
+    /// How many times each pass takes the targets in turn.
+    #[arg(long, value_name = "ROUNDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    rounds: u32,
+    /// Unmeasured load before each round's measured window (connections
+    /// open, caches fill, the CPU clocks up).
+    #[arg(long, value_name = "DURATION", default_value = "1s")]
     warmup: HumanDuration,
     /// Keep-alive connections of the loaded pass, one per worker. An
     /// unloaded pass at one connection always runs as well.
@@ -127,7 +138,8 @@ pub async fn run(config: &PlinthConfig, arguments: HttpBenchArguments) -> anyhow
     let throughput_connections = arguments.concurrency as usize;
     let plan = PassPlan {
         warmup,
-        duration,
+        round_duration: duration / arguments.rounds,
+        rounds: arguments.rounds,
         connections_per_pass: connections_per_pass(throughput_connections),
     };
     let (measurements, plinth_log) = match &arguments.target {
@@ -140,6 +152,7 @@ pub async fn run(config: &PlinthConfig, arguments: HttpBenchArguments) -> anyhow
     let run = BenchRun {
         warmup,
         duration,
+        rounds: arguments.rounds,
         throughput_connections,
         latency_connections: LATENCY_CONNECTIONS,
         plinth_log,
@@ -149,8 +162,11 @@ pub async fn run(config: &PlinthConfig, arguments: HttpBenchArguments) -> anyhow
 }
 
 struct PassPlan {
+    /// Before each round's window.
     warmup: Duration,
-    duration: Duration,
+    /// Measured time of one target in one round.
+    round_duration: Duration,
+    rounds: u32,
     connections_per_pass: Vec<usize>,
 }
 
@@ -249,9 +265,10 @@ async fn measure_running_node(
     measure_every_target(&targets, plan, || Ok(())).await
 }
 
-/// Every pass over every target, after each target has answered once;
-/// `check_servers` runs before each measurement so a crashed server stops
-/// the run instead of producing a table of errors.
+/// Every pass over every target, after each target has answered once: one
+/// measurement per target and pass, the sum of its rounds. `check_servers`
+/// runs before each round of each target, so a crashed server stops the
+/// run instead of producing a table of errors.
 async fn measure_every_target(
     targets: &BenchTargets,
     plan: &PassPlan,
@@ -262,10 +279,19 @@ async fn measure_every_target(
     }
     let mut measurements = Vec::new();
     for connections in &plan.connections_per_pass {
-        for target in targets.in_measuring_order() {
-            check_servers()?;
-            measurements.push(measure_one(target, *connections, plan).await?);
+        // In measuring order, one entry per target once its first round ran.
+        let mut pass_measurements: Vec<TargetMeasurement> = Vec::new();
+        for round in 1..=plan.rounds {
+            for (target_index, target) in targets.in_measuring_order().into_iter().enumerate() {
+                check_servers()?;
+                let round_measurement = measure_one(target, *connections, round, plan).await?;
+                match pass_measurements.get_mut(target_index) {
+                    Some(earlier_rounds) => earlier_rounds.absorb(round_measurement)?,
+                    None => pass_measurements.push(round_measurement),
+                }
+            }
         }
+        measurements.extend(pass_measurements);
     }
     Ok(measurements)
 }
@@ -273,19 +299,21 @@ async fn measure_every_target(
 async fn measure_one(
     target: Arc<LoadTarget>,
     connections: usize,
+    round: u32,
     plan: &PassPlan,
 ) -> anyhow::Result<TargetMeasurement> {
     eprintln!(
-        "measuring {} {} at {connections} connection(s): {} warm-up, {} measured",
+        "measuring {} {} at {connections} connection(s), round {round} of {}: {} warm-up, {} measured",
         target.name,
         target.path,
+        plan.rounds,
         HumanDuration(plan.warmup),
-        HumanDuration(plan.duration)
+        HumanDuration(plan.round_duration)
     );
     let shape = LoadShape {
         connections,
         warmup: plan.warmup,
-        duration: plan.duration,
+        duration: plan.round_duration,
     };
     measure(target, shape).await
 }

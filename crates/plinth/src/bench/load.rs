@@ -202,6 +202,20 @@ impl TargetMeasurement {
     pub fn latency_percentile_microseconds(&self, percentile: f64) -> u64 {
         self.latencies_microseconds.value_at_percentile(percentile)
     }
+
+    /// Adds a later window of the same target at the same connection
+    /// count, so that rounds taken in turn with other targets read as one
+    /// measurement: requests, time and CPU add up, latencies merge.
+    pub fn absorb(&mut self, later: TargetMeasurement) -> anyhow::Result<()> {
+        self.measured_for += later.measured_for;
+        self.successful_requests += later.successful_requests;
+        self.failed_requests += later.failed_requests;
+        self.latencies_microseconds
+            .add(&later.latencies_microseconds)
+            .context("merging latency histograms")?;
+        self.cpu_during_window = self.cpu_during_window.plus(later.cpu_during_window);
+        Ok(())
+    }
 }
 
 /// Requests starting inside `[starts_at, ends_at)` are counted; earlier
@@ -220,6 +234,19 @@ pub struct WindowCpu {
     pub server: Option<Duration>,
     /// This process, which during the window only generates load.
     pub generator: Option<Duration>,
+}
+
+impl WindowCpu {
+    fn plus(self, other: WindowCpu) -> WindowCpu {
+        WindowCpu {
+            server: sum_when_known(self.server, other.server),
+            generator: sum_when_known(self.generator, other.generator),
+        }
+    }
+}
+
+fn sum_when_known(first: Option<Duration>, second: Option<Duration>) -> Option<Duration> {
+    Some(first? + second?)
 }
 
 struct CpuSample {
@@ -429,6 +456,56 @@ mod tests {
         }
         assert!((79_000..81_000).contains(&hot_requests), "{hot_requests}");
         assert_eq!(cold_keys_seen.len(), 800);
+    }
+
+    fn round(
+        requests: u64,
+        latency_microseconds: u64,
+        server_cpu: Option<Duration>,
+    ) -> TargetMeasurement {
+        let mut tally = WorkerTally::new().unwrap();
+        for _ in 0..requests {
+            tally.record_success(Duration::from_micros(latency_microseconds));
+        }
+        TargetMeasurement {
+            target_name: "whoami",
+            path: "/v1/whoami".to_string(),
+            connections: 1,
+            measured_for: Duration::from_secs(2),
+            successful_requests: tally.successful_requests,
+            failed_requests: 1,
+            latencies_microseconds: tally.latencies_microseconds,
+            cpu_during_window: WindowCpu {
+                server: server_cpu,
+                generator: Some(Duration::from_millis(100)),
+            },
+        }
+    }
+
+    #[test]
+    fn rounds_add_up_to_one_measurement() {
+        let mut rounds = round(1000, 100, Some(Duration::from_millis(50)));
+        rounds
+            .absorb(round(3000, 300, Some(Duration::from_millis(70))))
+            .unwrap();
+
+        assert_eq!(rounds.measured_for, Duration::from_secs(4));
+        assert_eq!(rounds.successful_requests, 4000);
+        assert_eq!(rounds.failed_requests, 2);
+        assert_eq!(rounds.throughput_per_second(), 1000.0);
+        // Three quarters of the requests took 300 µs.
+        assert_eq!(rounds.latency_percentile_microseconds(50.0), 300);
+        assert_eq!(rounds.latency_percentile_microseconds(20.0), 100);
+        assert_eq!(rounds.server_cpu_microseconds_per_request(), Some(30.0));
+        assert_eq!(rounds.generator_cpu_microseconds_per_request(), Some(50.0));
+    }
+
+    #[test]
+    fn a_round_without_a_cpu_figure_leaves_the_sum_unknown() {
+        let mut rounds = round(1000, 100, Some(Duration::from_millis(50)));
+        rounds.absorb(round(1000, 100, None)).unwrap();
+        assert_eq!(rounds.server_cpu_microseconds_per_request(), None);
+        assert!(rounds.generator_cpu_microseconds_per_request().is_some());
     }
 
     #[test]

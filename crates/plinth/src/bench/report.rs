@@ -22,8 +22,11 @@ const JUDGED_TARGET_NAME: &str = "whoami";
 const COMPARED_TARGET_NAMES: [&str; 2] = ["health", JUDGED_TARGET_NAME];
 
 pub struct BenchRun {
+    /// Before each round's window.
     pub warmup: Duration,
+    /// Measured time per target and pass, all rounds together.
     pub duration: Duration,
+    pub rounds: u32,
     pub throughput_connections: usize,
     pub latency_connections: usize,
     pub plinth_log: Option<PlinthLog>,
@@ -103,6 +106,7 @@ struct Verdict {
 struct JsonReport {
     warmup_seconds: f64,
     duration_seconds: f64,
+    rounds: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     plinth_log_level: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -180,6 +184,7 @@ fn print_json(run: &BenchRun, comparisons: Vec<Comparison>) -> anyhow::Result<()
     let report = JsonReport {
         warmup_seconds: run.warmup.as_secs_f64(),
         duration_seconds: run.duration.as_secs_f64(),
+        rounds: run.rounds,
         plinth_log_level: run.plinth_log.as_ref().map(|log| log.level.clone()),
         plinth_log_bytes: run.plinth_log.as_ref().map(|log| log.bytes_written),
         measurements: run
@@ -338,6 +343,7 @@ mod tests {
         BenchRun {
             warmup: Duration::ZERO,
             duration: Duration::from_secs(1),
+            rounds: 1,
             throughput_connections: 64,
             latency_connections: 1,
             plinth_log: None,
