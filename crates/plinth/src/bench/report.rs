@@ -282,8 +282,10 @@ fn print_comparison(comparison: &Comparison) {
         verdict.p50_overhead_limit_microseconds,
         pass_or_fail(verdict.p50_overhead_passes)
     );
+    // Three decimals: at two, a ratio just under the minimum (0.598)
+    // would print as the minimum itself next to FAIL.
     println!(
-        "{} vs {}: throughput ratio {:.2} at {} connection(s), minimum {:.1}: {}",
+        "{} vs {}: throughput ratio {:.3} at {} connection(s), minimum {:.1}: {}",
         comparison.target,
         comparison.baseline,
         comparison.throughput_ratio,
