@@ -14,7 +14,8 @@
 //! adds up each target's rounds. On a shared virtual machine the speed of
 //! the same binary drifts by a third over minutes; one long window per
 //! target would put that drift into the comparison, while rounds taken in
-//! turn give every target the same share of fast and slow minutes.
+//! turn give every target the same share of fast and slow minutes. Each
+//! round starts one target later than the one before.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,10 +46,11 @@ const LATENCY_CONNECTIONS: usize = 1;
 pub struct HttpBenchArguments {
     /// Measured time per target and pass, after the warm-ups, split evenly
     /// over the rounds.
-    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    #[arg(long, value_name = "DURATION", default_value = "12s")]
     duration: HumanDuration,
-    /// How many times each pass takes the targets in turn.
-    #[arg(long, value_name = "ROUNDS", default_value_t = 5,
+    /// How many times each pass takes the targets in turn. A multiple of
+    /// three puts every target first, second and third equally often.
+    #[arg(long, value_name = "ROUNDS", default_value_t = 6,
           value_parser = clap::value_parser!(u32).range(1..=1_000))]
     rounds: u32,
     /// Unmeasured load before each round's measured window (connections
@@ -81,7 +83,7 @@ struct PlinthNode {
     process_id: Option<u32>,
 }
 
-/// The three routes, in the order they are measured.
+/// The three routes, in the order the first round measures them.
 struct BenchTargets {
     bare: Option<Arc<LoadTarget>>,
     health: Arc<LoadTarget>,
@@ -277,23 +279,36 @@ async fn measure_every_target(
     for target in targets.in_measuring_order() {
         check_target_answers(&target).await?;
     }
+    let ordered_targets = targets.in_measuring_order();
     let mut measurements = Vec::new();
     for connections in &plan.connections_per_pass {
-        // In measuring order, one entry per target once its first round ran.
-        let mut pass_measurements: Vec<TargetMeasurement> = Vec::new();
+        // One slot per target, in measuring order, filled by its first round.
+        let mut pass_measurements: Vec<Option<TargetMeasurement>> =
+            ordered_targets.iter().map(|_| None).collect();
         for round in 1..=plan.rounds {
-            for (target_index, target) in targets.in_measuring_order().into_iter().enumerate() {
+            for target_index in round_order(round, ordered_targets.len()) {
                 check_servers()?;
+                let target = Arc::clone(&ordered_targets[target_index]);
                 let round_measurement = measure_one(target, *connections, round, plan).await?;
-                match pass_measurements.get_mut(target_index) {
+                match &mut pass_measurements[target_index] {
                     Some(earlier_rounds) => earlier_rounds.absorb(round_measurement)?,
-                    None => pass_measurements.push(round_measurement),
+                    empty_slot => *empty_slot = Some(round_measurement),
                 }
             }
         }
-        measurements.extend(pass_measurements);
+        measurements.extend(pass_measurements.into_iter().flatten());
     }
     Ok(measurements)
+}
+
+/// The order of the targets in round `round` (from 1): each round starts
+/// one target later than the one before, so no target always runs right
+/// after the same other one (health and whoami share a server).
+fn round_order(round: u32, target_count: usize) -> Vec<usize> {
+    let first = (round as usize - 1) % target_count.max(1);
+    (0..target_count)
+        .map(|offset| (first + offset) % target_count)
+        .collect()
 }
 
 async fn measure_one(
@@ -321,6 +336,16 @@ async fn measure_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_round_starts_one_target_later() {
+        assert_eq!(round_order(1, 3), vec![0, 1, 2]);
+        assert_eq!(round_order(2, 3), vec![1, 2, 0]);
+        assert_eq!(round_order(3, 3), vec![2, 0, 1]);
+        assert_eq!(round_order(4, 3), vec![0, 1, 2]);
+        assert_eq!(round_order(2, 2), vec![1, 0]);
+        assert_eq!(round_order(5, 1), vec![0]);
+    }
 
     #[test]
     fn an_unloaded_pass_follows_the_loaded_one_unless_they_are_the_same() {
