@@ -367,25 +367,27 @@ struct JsonEscaped<'a>(&'a mut String);
 impl std::fmt::Write for JsonEscaped<'_> {
     fn write_str(&mut self, text: &str) -> std::fmt::Result {
         // Most text needs no escaping: copy runs of plain characters whole.
+        // Every character that does is ASCII, and no byte of a multi-byte
+        // UTF-8 character is, so scanning bytes finds them without decoding.
         let mut plain_run_start = 0;
-        for (index, character) in text.char_indices() {
-            let short_escape = match character {
-                '"' => Some("\\\""),
-                '\\' => Some("\\\\"),
-                '\n' => Some("\\n"),
-                '\r' => Some("\\r"),
-                '\t' => Some("\\t"),
-                control if (control as u32) < 0x20 => None,
+        for (index, byte) in text.bytes().enumerate() {
+            let short_escape = match byte {
+                b'"' => Some("\\\""),
+                b'\\' => Some("\\\\"),
+                b'\n' => Some("\\n"),
+                b'\r' => Some("\\r"),
+                b'\t' => Some("\\t"),
+                control if control < 0x20 => None,
                 _ => continue,
             };
             self.0.push_str(&text[plain_run_start..index]);
             match short_escape {
                 Some(escape) => self.0.push_str(escape),
                 None => {
-                    let _ = write!(self.0, "\\u{:04x}", character as u32);
+                    let _ = write!(self.0, "\\u{:04x}", byte);
                 }
             }
-            plain_run_start = index + character.len_utf8();
+            plain_run_start = index + 1;
         }
         self.0.push_str(&text[plain_run_start..]);
         Ok(())
@@ -535,7 +537,7 @@ mod tests {
                 queue: sender,
             };
             std::sync::Arc::new(request.clone())
-                .scope(async {
+                .scope_future(async {
                     tracing::subscriber::with_default(subscriber, || {
                         tracing::info!(
                             target: ACCESS_LOG_TARGET,

@@ -8,14 +8,16 @@
 //! each, and rather than an `axum::middleware::from_fn`, because every
 //! such layer costs a boxed future and a clone of the services below it
 //! per request, and the HTTP benchmark holds the whole stack to a few tens
-//! of microseconds. The service calls the one below it directly, so what
-//! it allocates per request is its own future and the request's context
-//! (shared by the call and the future). Each step itself lives in its own
-//! module.
+//! of microseconds. The service calls the one below it directly and its
+//! future is a named type, so it allocates nothing of its own beyond the
+//! request's context. The timeout's timer is created only when the request
+//! is not answered at its first poll, so a request answered from memory
+//! never touches the timer wheel. Each step itself lives in its own module.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::BoxError;
@@ -23,17 +25,19 @@ use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use futures::future::BoxFuture;
 use metrics::Gauge;
+use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
+use tokio::time::Sleep;
 use tower::{Layer, Service};
-use tracing::{Instrument, Span};
+use tracing::Span;
 
 use crate::log_lines::log_request_served;
 use crate::middleware::body_limit::refuse_oversized_body;
-use crate::middleware::request_context::{REQUEST_ID_HEADER, RequestContext, with_current_request};
+use crate::middleware::request_context::{REQUEST_ID_HEADER, RequestContext};
 use crate::middleware::request_metrics::record_request;
 use crate::middleware::security_headers::add_security_headers;
-use crate::middleware::timeout::run_with_timeout;
+use crate::middleware::timeout::timeout_response;
 
 /// The limits every request is held to.
 #[derive(Clone, Copy, Debug)]
@@ -75,13 +79,12 @@ pub struct Edge<Inner> {
 impl<Inner, ResponseBody> Service<Request> for Edge<Inner>
 where
     Inner: Service<Request, Response = axum::http::Response<ResponseBody>, Error = Infallible>,
-    Inner::Future: Send + 'static,
     ResponseBody: HttpBody<Data = Bytes> + Send + 'static,
     ResponseBody::Error: Into<BoxError>,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+    type Future = TaskLocalFuture<Arc<RequestContext>, EdgeFuture<Inner::Future>>;
 
     fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(context)
@@ -96,46 +99,113 @@ where
         // refusal's problem document reads its id, and the services below
         // may log (an authentication failure) while they are called.
         let max_body_bytes = self.limits.max_body_bytes;
-        let handling = context.sync_scope(|| {
+        let (refusal, running) = context.sync_scope(|| {
             let _in_span = span.enter();
             match refuse_oversized_body(request.headers(), max_body_bytes) {
-                Some(refusal) => Handling::Refused(refusal),
-                None => Handling::Running(self.inner.call(request)),
+                Some(refusal) => (Some(refusal), None),
+                None => (None, Some(self.inner.call(request))),
             }
         });
-        let request_timeout = self.limits.request_timeout;
-        Box::pin(context.scope(async move {
-            let in_flight = InFlightRequest::enter();
-            let mut response = match handling {
-                Handling::Refused(refusal) => refusal,
-                Handling::Running(running) => {
-                    let answered = async move {
-                        let Ok(response) = running.await;
-                        response.map(Body::new)
-                    };
-                    run_with_timeout(request_timeout, answered)
-                        .instrument(span.clone())
-                        .await
-                }
-            };
-            drop(in_flight);
-            add_security_headers(response.headers_mut());
-            record_request_served(&span, response.status(), started.elapsed());
-            if let Some(request_id_header) = request_id_header {
-                response
-                    .headers_mut()
-                    .insert(REQUEST_ID_HEADER.clone(), request_id_header);
-            }
-            Ok(response)
-        }))
+        let future = EdgeFuture {
+            running,
+            refusal,
+            deadline: None,
+            request_timeout: self.limits.request_timeout,
+            started,
+            in_flight: Some(InFlightRequest::enter()),
+            request_id_header,
+            span,
+            context: Arc::clone(&context),
+        };
+        context.scope_future(future)
     }
 }
 
-/// What became of the request when the edge was called.
-enum Handling<Running> {
-    /// Refused before the services below saw it (a body over the limit).
-    Refused(Response),
-    Running(Running),
+pin_project! {
+    /// The edge's answer to one request: the answer of the services below
+    /// (or the edge's own refusal, or a 504 past the deadline), finished
+    /// with the headers, metrics and access line every answer gets.
+    pub struct EdgeFuture<Running> {
+        #[pin]
+        running: Option<Running>,
+        refusal: Option<Response>,
+        #[pin]
+        deadline: Option<Sleep>,
+        request_timeout: Duration,
+        started: Instant,
+        in_flight: Option<InFlightRequest>,
+        request_id_header: Option<HeaderValue>,
+        span: Span,
+        context: Arc<RequestContext>,
+    }
+}
+
+impl<Running, ResponseBody> Future for EdgeFuture<Running>
+where
+    Running: Future<Output = Result<axum::http::Response<ResponseBody>, Infallible>>,
+    ResponseBody: HttpBody<Data = Bytes> + Send + 'static,
+    ResponseBody::Error: Into<BoxError>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, task_context: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let response = match this.running.as_mut().as_pin_mut() {
+            None => this
+                .refusal
+                .take()
+                .expect("the edge's future is not polled after it completed"),
+            Some(running) => {
+                let in_span = this.span.enter();
+                let polled = running.poll(task_context);
+                drop(in_span);
+                match polled {
+                    Poll::Ready(Ok(response)) => response.map(Body::new),
+                    Poll::Pending => {
+                        if this.deadline.is_none() {
+                            let deadline = tokio::time::Instant::from_std(
+                                *this.started + *this.request_timeout,
+                            );
+                            this.deadline.set(Some(tokio::time::sleep_until(deadline)));
+                        }
+                        let deadline = this.deadline.as_pin_mut().expect("the deadline is set");
+                        ready!(deadline.poll(task_context));
+                        timeout_response(*this.request_timeout)
+                    }
+                }
+            }
+        };
+        this.running.set(None);
+        this.in_flight.take();
+        Poll::Ready(Ok(finish_response(
+            response,
+            this.context,
+            this.span,
+            this.started.elapsed(),
+            this.request_id_header.take(),
+        )))
+    }
+}
+
+/// What every answer gets on its way out, once the request is done.
+fn finish_response(
+    mut response: Response,
+    context: &RequestContext,
+    span: &Span,
+    elapsed: Duration,
+    request_id_header: Option<HeaderValue>,
+) -> Response {
+    add_security_headers(response.headers_mut());
+    let status = response.status();
+    record_request(&context.method, context.route_template(), status, elapsed);
+    log_request_served(context, status.as_u16(), elapsed);
+    record_status_on_span(span, status);
+    if let Some(request_id_header) = request_id_header {
+        response
+            .headers_mut()
+            .insert(REQUEST_ID_HEADER.clone(), request_id_header);
+    }
+    response
 }
 
 /// The request's span for trace exporters. Without an exporter no layer
@@ -181,14 +251,9 @@ fn requests_in_flight() -> &'static Gauge {
     REQUESTS_IN_FLIGHT.get_or_init(|| metrics::gauge!("plinth_http_requests_in_flight"))
 }
 
-/// The request's metrics, its access-log line, and its status on the trace
-/// span (the access line does not go through `tracing`, so spans do not
-/// get it as an event).
-fn record_request_served(span: &Span, status: StatusCode, elapsed: Duration) {
-    with_current_request(|request| {
-        record_request(&request.method, request.route_template(), status, elapsed);
-        log_request_served(request, status.as_u16(), elapsed);
-    });
+/// The status on the trace span: the access line does not go through
+/// `tracing`, so spans do not get it as an event.
+fn record_status_on_span(span: &Span, status: StatusCode) {
     if !span.is_disabled() {
         span.record("status", status.as_u16());
     }
