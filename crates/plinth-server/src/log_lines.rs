@@ -158,19 +158,20 @@ impl LogLineFlusher {
     }
 }
 
-/// Writes lines in batches. While lines keep coming, the thread sleeps
-/// [`BATCH_INTERVAL`] between batches instead of waiting on the queue, so
-/// senders never have to wake it (a futex call per line otherwise); when a
-/// batch finds the queue empty, it waits on the queue until the next line.
+/// Writes lines in batches. The first line after a quiet spell wakes the
+/// thread; from then on it sleeps [`BATCH_INTERVAL`] after every batch and
+/// takes what came meanwhile, until a batch finds the queue empty. So a
+/// sender wakes it once per quiet spell, never per line: waking it is a
+/// futex call on the path of the request that logs, and when it went back
+/// to waiting after every batch of one line, a node serving one request at
+/// a time paid that call on about every request.
 fn write_lines_until_closed(receiver: Receiver<WriterMessage>, destination: impl std::io::Write) {
     let mut output = std::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, destination);
     let mut pending_acknowledgements = Vec::new();
     while let Ok(first_message) = receiver.recv() {
         let mut next_message = Some(first_message);
-        loop {
-            let mut batch_size = 0_usize;
+        while next_message.is_some() {
             while let Some(message) = next_message {
-                batch_size += 1;
                 match message {
                     WriterMessage::Line(line) => {
                         let _ = output.write_all(line.as_bytes());
@@ -183,14 +184,8 @@ fn write_lines_until_closed(receiver: Receiver<WriterMessage>, destination: impl
             for acknowledge in pending_acknowledgements.drain(..) {
                 let _ = acknowledge.send(());
             }
-            if batch_size <= 1 {
-                break;
-            }
             std::thread::sleep(BATCH_INTERVAL);
             next_message = receiver.try_recv().ok();
-            if next_message.is_none() {
-                break;
-            }
         }
     }
 }
