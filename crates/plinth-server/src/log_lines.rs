@@ -37,7 +37,7 @@ pub const QUEUED_LINES_LIMIT: usize = 65_536;
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// How long lines may wait while the node logs steadily: short enough to
 /// read a live log, long enough that the thread wakes only ten times a
-/// second. On a virtual machine a wake costs about what writing a few
+/// second. On a virtual machine a wake costs about what writing several
 /// hundred lines costs (measured in BENCHMARKS.md, HTTP section), and at
 /// 50,000 lines a second a batch still fills under a tenth of the queue.
 const BATCH_INTERVAL: Duration = Duration::from_millis(100);
