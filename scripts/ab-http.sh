@@ -76,19 +76,25 @@ measure() { # label pid port
 import json, sys
 label, before, after, ticks_per_second, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 report = json.load(open(path))
-# The server's CPU covers warm-ups too: scale the measured requests up.
-warmup_scale = 1 + report["warmup_seconds"] / report["duration_seconds"]
+# The server's CPU covers warm-ups too: scale each pass's measured requests up.
+loaded, unloaded = report["loaded_pass"], report["unloaded_pass"]
+measured_per_round = loaded["measured_seconds_per_target"] / loaded["rounds"]
+loaded_scale = 1 + loaded["warmup_seconds_per_round"] / measured_per_round
+unloaded_scale = 1 + unloaded["warmup_seconds"] / unloaded["measured_seconds"]
 served = 0.0
 throughputs = []
 bare = whoami = None
-for row in report["measurements"]:
-    throughputs.append(f"{row['target']}@{row['connections']}:{row['throughput_per_second']:.0f}")
+for row in loaded["measurements"]:
+    throughputs.append(f"{row['target']}:{row['throughput_per_second']:.0f}")
     if row["target"] != "bare":
-        served += row["requests"] * warmup_scale
-    if row["connections"] > 1 and row["target"] == "bare":
+        served += row["requests"] * loaded_scale
+    if row["target"] == "bare":
         bare = row["throughput_per_second"]
-    if row["connections"] > 1 and row["target"] == "whoami":
+    if row["target"] == "whoami":
         whoami = row["throughput_per_second"]
+for row in unloaded["measurements"]:
+    if row["target"] != "bare":
+        served += row["requests"] * unloaded_scale
 cpu_us_per_request = (after - before) / ticks_per_second * 1e6 / max(served, 1)
 print(label, " ".join(throughputs), f"whoami/bare={whoami / bare:.2f}", f"srv_cpu_us/req={cpu_us_per_request:.1f}")
 PY

@@ -1,7 +1,9 @@
 //! The load generator: a fixed number of workers, each owning one
 //! keep-alive connection and sending requests back to back (closed loop),
 //! for a warm-up and then a measured window. Latencies of answered 2xx
-//! requests go to an HDR histogram in microseconds.
+//! requests go to an HDR histogram in microseconds. For latency without
+//! load, one worker can instead take several targets in turn, request by
+//! request.
 //!
 //! A target is one method and path with a fixed body, or a path prefix to
 //! which each request appends a key drawn from a set (uniformly, or with a
@@ -227,6 +229,17 @@ struct MeasurementWindow {
     abandon_at: Instant,
 }
 
+impl MeasurementWindow {
+    fn starting_now(warmup: Duration, duration: Duration) -> MeasurementWindow {
+        let starts_at = Instant::now() + warmup;
+        MeasurementWindow {
+            starts_at,
+            ends_at: starts_at + duration,
+            abandon_at: starts_at + duration + STRAGGLER_GRACE,
+        }
+    }
+}
+
 /// CPU time used during the measured window; `None` where unknown (a
 /// server the benchmark did not start, or no `/proc`).
 #[derive(Clone, Copy, Debug, Default)]
@@ -287,6 +300,10 @@ struct WorkerTally {
     successful_requests: u64,
     failed_requests: u64,
     latencies_microseconds: Histogram<u64>,
+    /// Time spent on counted requests and connection attempts, answered
+    /// or not: with one request in flight, what the target alone would
+    /// have taken.
+    busy: Duration,
 }
 
 impl WorkerTally {
@@ -298,6 +315,7 @@ impl WorkerTally {
             successful_requests: 0,
             failed_requests: 0,
             latencies_microseconds,
+            busy: Duration::ZERO,
         })
     }
 
@@ -310,6 +328,7 @@ impl WorkerTally {
     fn merge(&mut self, other: &WorkerTally) -> anyhow::Result<()> {
         self.successful_requests += other.successful_requests;
         self.failed_requests += other.failed_requests;
+        self.busy += other.busy;
         self.latencies_microseconds
             .add(&other.latencies_microseconds)
             .context("merging latency histograms")
@@ -346,17 +365,13 @@ pub async fn measure(
     target: Arc<LoadTarget>,
     shape: LoadShape,
 ) -> anyhow::Result<TargetMeasurement> {
-    let started = Instant::now();
-    let window = MeasurementWindow {
-        starts_at: started + shape.warmup,
-        ends_at: started + shape.warmup + shape.duration,
-        abandon_at: started + shape.warmup + shape.duration + STRAGGLER_GRACE,
-    };
+    let window = MeasurementWindow::starting_now(shape.warmup, shape.duration);
     let cpu_sampler = tokio::spawn(cpu_during(window, target.server_process_id));
     let mut workers = JoinSet::new();
     for worker_index in 0..shape.connections {
         let random = WorkerRandom::seeded(worker_index as u64 + 1);
-        workers.spawn(run_worker(Arc::clone(&target), window, random));
+        let driver = TargetDriver::new(Arc::clone(&target), random)?;
+        workers.spawn(run_worker(driver, window));
     }
     let mut total = WorkerTally::new()?;
     while let Some(joined) = workers.join_next().await {
@@ -376,45 +391,124 @@ pub async fn measure(
     })
 }
 
-async fn run_worker(
-    target: Arc<LoadTarget>,
-    window: MeasurementWindow,
-    mut random: WorkerRandom,
-) -> anyhow::Result<WorkerTally> {
-    let mut tally = WorkerTally::new()?;
-    let mut connection: Option<BenchConnection> = None;
-    loop {
-        let request_started = Instant::now();
-        if request_started >= window.ends_at {
-            return Ok(tally);
-        }
-        let counted = request_started >= window.starts_at;
-        let Some(open_connection) = connection.as_mut() else {
-            connection = connect_or_pause(&target.endpoint, window).await;
-            if connection.is_none() && counted {
-                tally.failed_requests += 1;
+/// Drives several targets one request at a time, each over a keep-alive
+/// connection of its own, taking them in the order of `schedule` (indices
+/// into `targets`, repeated until the window ends). Every target then sees
+/// the machine as it is at the same moments, so a slow second or minute
+/// slows them all alike instead of landing on whichever ran then.
+///
+/// A target's `measured_for` is the time spent waiting on its own requests,
+/// so its throughput reads as that of one connection of its own. CPU per
+/// request is unknown: targets may share a server process.
+pub async fn measure_interleaved(
+    targets: &[Arc<LoadTarget>],
+    schedule: &[usize],
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<Vec<TargetMeasurement>> {
+    if schedule.is_empty() {
+        anyhow::bail!("an interleaving schedule needs at least one target");
+    }
+    if let Some(unknown) = schedule.iter().find(|index| **index >= targets.len()) {
+        anyhow::bail!(
+            "the interleaving schedule names target {unknown} of {}",
+            targets.len()
+        );
+    }
+    let mut drivers = Vec::with_capacity(targets.len());
+    for (target_index, target) in targets.iter().enumerate() {
+        let random = WorkerRandom::seeded(target_index as u64 + 1);
+        drivers.push(TargetDriver::new(Arc::clone(target), random)?);
+    }
+    let window = MeasurementWindow::starting_now(warmup, duration);
+    'window: loop {
+        for target_index in schedule {
+            if Instant::now() >= window.ends_at {
+                break 'window;
             }
-            continue;
+            drivers[*target_index].take_turn(window).await?;
+        }
+    }
+    let mut measurements = Vec::with_capacity(drivers.len());
+    for driver in drivers {
+        measurements.push(TargetMeasurement {
+            target_name: driver.target.name,
+            path: driver.target.shown_path(),
+            connections: 1,
+            measured_for: driver.tally.busy,
+            successful_requests: driver.tally.successful_requests,
+            failed_requests: driver.tally.failed_requests,
+            latencies_microseconds: driver.tally.latencies_microseconds,
+            cpu_during_window: WindowCpu::default(),
+        });
+    }
+    Ok(measurements)
+}
+
+async fn run_worker(
+    mut driver: TargetDriver,
+    window: MeasurementWindow,
+) -> anyhow::Result<WorkerTally> {
+    while Instant::now() < window.ends_at {
+        driver.take_turn(window).await?;
+    }
+    Ok(driver.tally)
+}
+
+/// One connection to one target and what it counted.
+struct TargetDriver {
+    target: Arc<LoadTarget>,
+    connection: Option<BenchConnection>,
+    random: WorkerRandom,
+    tally: WorkerTally,
+}
+
+impl TargetDriver {
+    fn new(target: Arc<LoadTarget>, random: WorkerRandom) -> anyhow::Result<TargetDriver> {
+        Ok(TargetDriver {
+            target,
+            connection: None,
+            random,
+            tally: WorkerTally::new()?,
+        })
+    }
+
+    /// Sends one request, or opens the connection when there is none, and
+    /// counts the outcome when it started inside the window.
+    async fn take_turn(&mut self, window: MeasurementWindow) -> anyhow::Result<()> {
+        let turn_started = Instant::now();
+        let counted = turn_started >= window.starts_at;
+        let Some(open_connection) = self.connection.as_mut() else {
+            self.connection = connect_or_pause(&self.target.endpoint, window).await;
+            if counted {
+                self.tally.busy += turn_started.elapsed();
+                if self.connection.is_none() {
+                    self.tally.failed_requests += 1;
+                }
+            }
+            return Ok(());
         };
-        let request = target.request(&mut random)?;
+        let request = self.target.request(&mut self.random)?;
         let outcome =
             tokio::time::timeout_at(window.abandon_at, open_connection.send(request)).await;
-        let latency = request_started.elapsed();
+        let latency = turn_started.elapsed();
         let answered_status = match outcome {
             Ok(Ok((status, _body))) => Some(status),
             Ok(Err(_)) | Err(_) => None,
         };
         if answered_status.is_none() {
             // The connection may be half-way through an answer: start over.
-            connection = None;
+            self.connection = None;
         }
         if !counted {
-            continue;
+            return Ok(());
         }
+        self.tally.busy += latency;
         match answered_status {
-            Some(status) if status.is_success() => tally.record_success(latency),
-            _ => tally.failed_requests += 1,
+            Some(status) if status.is_success() => self.tally.record_success(latency),
+            _ => self.tally.failed_requests += 1,
         }
+        Ok(())
     }
 }
 
@@ -506,6 +600,101 @@ mod tests {
         rounds.absorb(round(1000, 100, None)).unwrap();
         assert_eq!(rounds.server_cpu_microseconds_per_request(), None);
         assert!(rounds.generator_cpu_microseconds_per_request().is_some());
+    }
+
+    /// Serves `/ok` (200) and `/missing` (404, axum's fallback) on a free
+    /// loopback port of this runtime.
+    async fn start_local_server() -> Endpoint {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = Endpoint::from_socket_address(listener.local_addr().unwrap()).unwrap();
+        let router = axum::Router::new().route("/ok", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        endpoint
+    }
+
+    fn get_target(name: &'static str, endpoint: &Endpoint, path: &str) -> Arc<LoadTarget> {
+        Arc::new(LoadTarget {
+            name,
+            endpoint: endpoint.clone(),
+            method: Method::GET,
+            path: path.to_string(),
+            keys: KeyChoice::NoKey,
+            body: Bytes::new(),
+            authorization: None,
+            content_type: None,
+            server_process_id: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn interleaving_sends_to_each_target_as_often_as_the_schedule_names_it() {
+        let endpoint = start_local_server().await;
+        let targets = [
+            get_target("twice", &endpoint, "/ok"),
+            get_target("once", &endpoint, "/ok"),
+            get_target("refused", &endpoint, "/missing"),
+        ];
+        let warmup = Duration::from_millis(500);
+        let window = Duration::from_millis(300);
+        let measurements = measure_interleaved(&targets, &[0, 1, 0, 2], warmup, window)
+            .await
+            .unwrap();
+
+        let [twice, once, refused] = &measurements[..] else {
+            panic!("one measurement per target");
+        };
+        assert_eq!(twice.target_name, "twice");
+        assert!(
+            once.successful_requests > 10,
+            "{}",
+            once.successful_requests
+        );
+        assert_eq!(twice.failed_requests + once.failed_requests, 0);
+        assert_eq!(refused.successful_requests, 0);
+        assert!(refused.failed_requests > 10);
+        // The window ends between two turns, so counts differ by at most
+        // the turns of one pass through the schedule.
+        let twice_minus_double_once =
+            twice.successful_requests as i64 - 2 * once.successful_requests as i64;
+        assert!(
+            (-2..=2).contains(&twice_minus_double_once),
+            "{twice_minus_double_once}"
+        );
+        let once_minus_refused = once.successful_requests as i64 - refused.failed_requests as i64;
+        assert!(
+            (-1..=1).contains(&once_minus_refused),
+            "{once_minus_refused}"
+        );
+        // Each target's time is its own requests' time: together the
+        // window and at most its last request, never the warm-up.
+        let busy_together: Duration = measurements
+            .iter()
+            .map(|measurement| measurement.measured_for)
+            .sum();
+        let last_request_allowance = Duration::from_millis(250);
+        assert!(
+            busy_together <= window + last_request_allowance,
+            "{busy_together:?}"
+        );
+        assert!(once.measured_for > Duration::ZERO);
+        assert_eq!(twice.server_cpu_microseconds_per_request(), None);
+    }
+
+    #[tokio::test]
+    async fn an_interleaving_schedule_must_name_known_targets() {
+        let endpoint = Endpoint::from_socket_address("127.0.0.1:9".parse().unwrap()).unwrap();
+        let targets = [get_target("only", &endpoint, "/ok")];
+        let short = Duration::from_millis(1);
+        assert!(
+            measure_interleaved(&targets, &[], short, short)
+                .await
+                .is_err()
+        );
+        assert!(
+            measure_interleaved(&targets, &[0, 1], short, short)
+                .await
+                .is_err()
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod events_bench;
 mod http_bench;
 mod load;
 mod local_targets;
+mod placement;
 mod process_cpu;
 mod provision;
 mod raw_postgres;

@@ -1,11 +1,13 @@
-//! What `plinth bench http` prints: a table of every measurement, then the
-//! comparisons with the bare handler against the targets of the issue
-//! (p50 overhead under 50 µs, throughput at least 0.6x), or the same as a
-//! JSON document with `--json`.
+//! What `plinth bench http` prints: a table of each pass's measurements,
+//! then the comparisons with the bare handler against the targets of the
+//! issue (p50 overhead under 50 µs, unloaded; throughput at least 0.6x,
+//! loaded), or the same as a JSON document with `--json`.
 
 use std::time::Duration;
 
 use serde::Serialize;
+
+use plinth_core::HumanDuration;
 
 use crate::bench::http_bench::PlinthLog;
 use crate::bench::load::TargetMeasurement;
@@ -22,23 +24,41 @@ const JUDGED_TARGET_NAME: &str = "whoami";
 const COMPARED_TARGET_NAMES: [&str; 2] = ["health", JUDGED_TARGET_NAME];
 
 pub struct BenchRun {
-    /// Before each round's window.
-    pub warmup: Duration,
-    /// Measured time per target and pass, all rounds together.
-    pub duration: Duration,
-    pub rounds: u32,
-    pub throughput_connections: usize,
-    pub latency_connections: usize,
+    pub loaded: LoadedPass,
+    pub unloaded: UnloadedPass,
     pub plinth_log: Option<PlinthLog>,
+}
+
+/// Throughput: each target at `connections`, the targets in turn in
+/// rounds.
+pub struct LoadedPass {
+    pub connections: usize,
+    pub rounds: u32,
+    pub warmup_per_round: Duration,
+    /// All rounds together.
+    pub duration_per_target: Duration,
     pub measurements: Vec<TargetMeasurement>,
 }
 
-impl BenchRun {
-    fn find(&self, target_name: &str, connections: usize) -> Option<&TargetMeasurement> {
-        self.measurements.iter().find(|measurement| {
-            measurement.target_name == target_name && measurement.connections == connections
-        })
-    }
+/// Latency: one request at a time, the targets interleaved request by
+/// request in the order of `schedule`.
+pub struct UnloadedPass {
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub schedule: Vec<&'static str>,
+    /// The CPU the generator's measuring thread and the servers' threads
+    /// shared; `None` when they ran wherever the kernel put them.
+    pub pinned_cpu: Option<usize>,
+    pub measurements: Vec<TargetMeasurement>,
+}
+
+fn find<'run>(
+    measurements: &'run [TargetMeasurement],
+    target_name: &str,
+) -> Option<&'run TargetMeasurement> {
+    measurements
+        .iter()
+        .find(|measurement| measurement.target_name == target_name)
 }
 
 #[derive(Serialize)]
@@ -81,10 +101,11 @@ impl MeasurementSummary {
 struct Comparison {
     target: &'static str,
     baseline: &'static str,
-    latency_connections: usize,
+    /// From the unloaded pass.
     p50_overhead_microseconds: i64,
-    throughput_connections: usize,
+    /// From the loaded pass.
     throughput_ratio: f64,
+    throughput_connections: usize,
     /// Server CPU per request over the baseline's, at the throughput pass:
     /// what the throughput ratio would be on cores of its own.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -104,15 +125,31 @@ struct Verdict {
 
 #[derive(Serialize)]
 struct JsonReport {
-    warmup_seconds: f64,
-    duration_seconds: f64,
-    rounds: u32,
+    loaded_pass: LoadedPassSummary,
+    unloaded_pass: UnloadedPassSummary,
     #[serde(skip_serializing_if = "Option::is_none")]
     plinth_log_level: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     plinth_log_bytes: Option<u64>,
-    measurements: Vec<MeasurementSummary>,
     comparisons: Vec<Comparison>,
+}
+
+#[derive(Serialize)]
+struct LoadedPassSummary {
+    connections: usize,
+    rounds: u32,
+    warmup_seconds_per_round: f64,
+    measured_seconds_per_target: f64,
+    measurements: Vec<MeasurementSummary>,
+}
+
+#[derive(Serialize)]
+struct UnloadedPassSummary {
+    warmup_seconds: f64,
+    measured_seconds: f64,
+    schedule: Vec<&'static str>,
+    pinned_cpu: Option<usize>,
+    measurements: Vec<MeasurementSummary>,
 }
 
 pub fn print_report(run: &BenchRun, as_json: bool) -> anyhow::Result<()> {
@@ -120,9 +157,10 @@ pub fn print_report(run: &BenchRun, as_json: bool) -> anyhow::Result<()> {
     if as_json {
         return print_json(run, comparisons);
     }
-    let rows: Vec<&TargetMeasurement> = run.measurements.iter().collect();
-    print_measurement_table(&rows);
-    print_comparisons(&comparisons, run);
+    print_loaded_pass(&run.loaded);
+    println!();
+    print_unloaded_pass(&run.unloaded);
+    print_comparisons(&comparisons, &run.unloaded);
     if let Some(plinth_log) = &run.plinth_log {
         println!(
             "plinth serve logged at `{}` and wrote {:.1} MiB of JSON logs during the run",
@@ -131,6 +169,38 @@ pub fn print_report(run: &BenchRun, as_json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn print_loaded_pass(loaded: &LoadedPass) {
+    println!(
+        "loaded pass (throughput): {} connection(s) per target, the targets in turn in {} round(s) of {} warm-up and {} measured",
+        loaded.connections,
+        loaded.rounds,
+        HumanDuration(loaded.warmup_per_round),
+        HumanDuration(loaded.duration_per_target / loaded.rounds.max(1))
+    );
+    let rows: Vec<&TargetMeasurement> = loaded.measurements.iter().collect();
+    print_measurement_table(&rows);
+}
+
+fn print_unloaded_pass(unloaded: &UnloadedPass) {
+    let placement = match unloaded.pinned_cpu {
+        Some(cpu) => {
+            format!("the generator's measuring thread and every server thread on CPU {cpu}")
+        }
+        None => "on any CPU".to_string(),
+    };
+    println!(
+        "unloaded pass (latency): one request at a time, interleaved {} for {} after {} warm-up, {placement}",
+        unloaded.schedule.join(", "),
+        HumanDuration(unloaded.duration),
+        HumanDuration(unloaded.warmup)
+    );
+    println!(
+        "(req/s: what one connection of its own would do, from the time spent on the target's own requests; no CPU figures, as targets share a server)"
+    );
+    let rows: Vec<&TargetMeasurement> = unloaded.measurements.iter().collect();
+    print_measurement_table(&rows);
 }
 
 fn compare_with_baseline(run: &BenchRun) -> Vec<Comparison> {
@@ -143,10 +213,10 @@ fn compare_with_baseline(run: &BenchRun) -> Vec<Comparison> {
 /// `None` when the baseline or the target has no answered request in a
 /// pass, since percentiles of nothing would read as zero.
 fn compare_one(run: &BenchRun, target_name: &'static str) -> Option<Comparison> {
-    let latency_baseline = answered(run.find(BASELINE_NAME, run.latency_connections))?;
-    let latency_target = answered(run.find(target_name, run.latency_connections))?;
-    let throughput_baseline = answered(run.find(BASELINE_NAME, run.throughput_connections))?;
-    let throughput_target = answered(run.find(target_name, run.throughput_connections))?;
+    let latency_baseline = answered(find(&run.unloaded.measurements, BASELINE_NAME))?;
+    let latency_target = answered(find(&run.unloaded.measurements, target_name))?;
+    let throughput_baseline = answered(find(&run.loaded.measurements, BASELINE_NAME))?;
+    let throughput_target = answered(find(&run.loaded.measurements, target_name))?;
     let p50_overhead_microseconds = p50_as_signed(latency_target) - p50_as_signed(latency_baseline);
     let throughput_ratio =
         throughput_target.throughput_per_second() / throughput_baseline.throughput_per_second();
@@ -163,10 +233,9 @@ fn compare_one(run: &BenchRun, target_name: &'static str) -> Option<Comparison> 
     Some(Comparison {
         target: target_name,
         baseline: BASELINE_NAME,
-        latency_connections: run.latency_connections,
         p50_overhead_microseconds,
-        throughput_connections: run.throughput_connections,
         throughput_ratio,
+        throughput_connections: run.loaded.connections,
         server_cpu_ratio,
         verdict,
     })
@@ -180,18 +249,28 @@ fn p50_as_signed(measurement: &TargetMeasurement) -> i64 {
     i64::try_from(measurement.latency_percentile_microseconds(50.0)).unwrap_or(i64::MAX)
 }
 
+fn summaries(measurements: &[TargetMeasurement]) -> Vec<MeasurementSummary> {
+    measurements.iter().map(MeasurementSummary::of).collect()
+}
+
 fn print_json(run: &BenchRun, comparisons: Vec<Comparison>) -> anyhow::Result<()> {
     let report = JsonReport {
-        warmup_seconds: run.warmup.as_secs_f64(),
-        duration_seconds: run.duration.as_secs_f64(),
-        rounds: run.rounds,
+        loaded_pass: LoadedPassSummary {
+            connections: run.loaded.connections,
+            rounds: run.loaded.rounds,
+            warmup_seconds_per_round: run.loaded.warmup_per_round.as_secs_f64(),
+            measured_seconds_per_target: run.loaded.duration_per_target.as_secs_f64(),
+            measurements: summaries(&run.loaded.measurements),
+        },
+        unloaded_pass: UnloadedPassSummary {
+            warmup_seconds: run.unloaded.warmup.as_secs_f64(),
+            measured_seconds: run.unloaded.duration.as_secs_f64(),
+            schedule: run.unloaded.schedule.clone(),
+            pinned_cpu: run.unloaded.pinned_cpu,
+            measurements: summaries(&run.unloaded.measurements),
+        },
         plinth_log_level: run.plinth_log.as_ref().map(|log| log.level.clone()),
         plinth_log_bytes: run.plinth_log.as_ref().map(|log| log.bytes_written),
-        measurements: run
-            .measurements
-            .iter()
-            .map(MeasurementSummary::of)
-            .collect(),
         comparisons,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -240,45 +319,41 @@ fn one_decimal_or_dash(value: Option<f64>) -> String {
     }
 }
 
-fn print_comparisons(comparisons: &[Comparison], run: &BenchRun) {
+fn print_comparisons(comparisons: &[Comparison], unloaded: &UnloadedPass) {
+    println!();
     if comparisons.is_empty() {
         println!(
             "no comparison: there is no bare baseline (start without --target, or pass --bare URL), or a target answered nothing"
         );
         return;
     }
-    println!();
+    let latency_conditions = match unloaded.pinned_cpu {
+        Some(_) => "unloaded, on one CPU",
+        None => "unloaded, on any CPU",
+    };
     for comparison in comparisons {
-        print_comparison(comparison);
+        print_comparison(comparison, latency_conditions);
         print_server_cpu_ratio(comparison);
-    }
-    if run.latency_connections == run.throughput_connections {
-        println!(
-            "(one pass only: latency and throughput come from the same {} connection(s))",
-            run.latency_connections
-        );
     }
 }
 
-fn print_comparison(comparison: &Comparison) {
+fn print_comparison(comparison: &Comparison, latency_conditions: &str) {
     let Some(verdict) = &comparison.verdict else {
         println!(
-            "{} vs {}: p50 overhead {:+} µs at {} connection(s), throughput ratio {:.2} at {} connection(s) (no target; for telling costs apart)",
+            "{} vs {}: p50 overhead {:+} µs ({latency_conditions}), throughput ratio {:.2} at {} connection(s) (no target; for telling costs apart)",
             comparison.target,
             comparison.baseline,
             comparison.p50_overhead_microseconds,
-            comparison.latency_connections,
             comparison.throughput_ratio,
             comparison.throughput_connections
         );
         return;
     };
     println!(
-        "{} vs {}: p50 overhead {:+} µs at {} connection(s), limit < {} µs: {}",
+        "{} vs {}: p50 overhead {:+} µs ({latency_conditions}), limit < {} µs: {}",
         comparison.target,
         comparison.baseline,
         comparison.p50_overhead_microseconds,
-        comparison.latency_connections,
         verdict.p50_overhead_limit_microseconds,
         pass_or_fail(verdict.p50_overhead_passes)
     );
@@ -343,18 +418,27 @@ mod tests {
     /// The bare handler does 1000 req/s loaded and 100 µs unloaded.
     fn run_with_whoami(loaded_requests: u64, unloaded_p50_microseconds: u64) -> BenchRun {
         BenchRun {
-            warmup: Duration::ZERO,
-            duration: Duration::from_secs(1),
-            rounds: 1,
-            throughput_connections: 64,
-            latency_connections: 1,
+            loaded: LoadedPass {
+                connections: 64,
+                rounds: 1,
+                warmup_per_round: Duration::ZERO,
+                duration_per_target: Duration::from_secs(1),
+                measurements: vec![
+                    measurement("bare", 64, 1000, 5000),
+                    measurement("whoami", 64, loaded_requests, 9000),
+                ],
+            },
+            unloaded: UnloadedPass {
+                warmup: Duration::ZERO,
+                duration: Duration::from_secs(2),
+                schedule: vec!["bare", "whoami"],
+                pinned_cpu: Some(0),
+                measurements: vec![
+                    measurement("bare", 1, 10, 100),
+                    measurement("whoami", 1, 10, unloaded_p50_microseconds),
+                ],
+            },
             plinth_log: None,
-            measurements: vec![
-                measurement("bare", 64, 1000, 5000),
-                measurement("whoami", 64, loaded_requests, 9000),
-                measurement("bare", 1, 10, 100),
-                measurement("whoami", 1, 10, unloaded_p50_microseconds),
-            ],
         }
     }
 
@@ -380,8 +464,12 @@ mod tests {
     #[test]
     fn only_whoami_is_judged() {
         let mut run = run_with_whoami(700, 130);
-        run.measurements.push(measurement("health", 64, 800, 7000));
-        run.measurements.push(measurement("health", 1, 10, 120));
+        run.loaded
+            .measurements
+            .push(measurement("health", 64, 800, 7000));
+        run.unloaded
+            .measurements
+            .push(measurement("health", 1, 10, 120));
         let comparisons = compare_with_baseline(&run);
         assert_eq!(comparisons.len(), 2);
         assert!(comparisons[0].verdict.is_none());
@@ -391,11 +479,15 @@ mod tests {
     #[test]
     fn nothing_is_compared_without_an_answered_baseline() {
         let mut run = run_with_whoami(700, 130);
-        run.measurements
+        run.loaded
+            .measurements
+            .retain(|measurement| measurement.target_name != "bare");
+        run.unloaded
+            .measurements
             .retain(|measurement| measurement.target_name != "bare");
         assert!(compare_with_baseline(&run).is_empty());
         let mut unanswered = run_with_whoami(700, 130);
-        unanswered.measurements[0].successful_requests = 0;
+        unanswered.unloaded.measurements[0].successful_requests = 0;
         assert!(compare_with_baseline(&unanswered).is_empty());
     }
 }
