@@ -473,21 +473,32 @@ impl TargetDriver {
         })
     }
 
-    /// Sends one request, or opens the connection when there is none, and
-    /// counts the outcome when it started inside the window.
+    /// Sends one request, first opening the connection when there is
+    /// none, and counts the outcome when it started inside the window. A
+    /// failed connection attempt counts as a failed request.
     async fn take_turn(&mut self, window: MeasurementWindow) -> anyhow::Result<()> {
-        let turn_started = Instant::now();
-        let counted = turn_started >= window.starts_at;
-        let Some(open_connection) = self.connection.as_mut() else {
-            self.connection = connect_or_pause(&self.target.endpoint, window).await;
-            if counted {
-                self.tally.busy += turn_started.elapsed();
-                if self.connection.is_none() {
-                    self.tally.failed_requests += 1;
-                }
+        let open_connection = match self.connection.take() {
+            Some(open_connection) => open_connection,
+            None => {
+                let connect_started = Instant::now();
+                let Some(new_connection) = connect_or_pause(&self.target.endpoint, window).await
+                else {
+                    if connect_started >= window.starts_at {
+                        self.tally.busy += connect_started.elapsed();
+                        self.tally.failed_requests += 1;
+                    }
+                    return Ok(());
+                };
+                new_connection
             }
-            return Ok(());
         };
+        let open_connection = self.connection.insert(open_connection);
+        let turn_started = Instant::now();
+        // Opening the connection may have taken the window's last moments.
+        if turn_started >= window.ends_at {
+            return Ok(());
+        }
+        let counted = turn_started >= window.starts_at;
         let request = self.target.request(&mut self.random)?;
         let outcome =
             tokio::time::timeout_at(window.abandon_at, open_connection.send(request)).await;
