@@ -258,6 +258,7 @@ async fn measure_local_children(
     let unloaded_placement = match plan.unloaded_placement {
         Some(UnloadedPlacement::Free) => ServerPlacement::Free,
         Some(UnloadedPlacement::OneCpu) | None => ServerPlacement::OneCpu {
+            cpu: placement::first_allowed_cpu()?,
             server_process_ids: server_process_ids
                 .into_iter()
                 .collect::<Option<Vec<u32>>>()
@@ -342,7 +343,10 @@ async fn measure_both_passes(
 /// Where the unloaded pass puts the servers, decided from the plan and
 /// whether the benchmark started them.
 enum ServerPlacement {
-    OneCpu { server_process_ids: Vec<u32> },
+    OneCpu {
+        cpu: usize,
+        server_process_ids: Vec<u32>,
+    },
     Free,
 }
 
@@ -391,7 +395,7 @@ async fn measure_unloaded_pass(
         .map(|target_index| ordered_targets[*target_index].name)
         .collect();
     let pinned_cpu = match placement {
-        ServerPlacement::OneCpu { .. } => Some(placement::first_allowed_cpu()?),
+        ServerPlacement::OneCpu { cpu, .. } => Some(*cpu),
         ServerPlacement::Free => None,
     };
     eprintln!(
@@ -413,9 +417,10 @@ async fn measure_unloaded_pass(
     };
     let measurements = match placement {
         ServerPlacement::Free => measuring.run_on_a_thread_of_its_own().await?,
-        ServerPlacement::OneCpu { server_process_ids } => {
-            with_servers_on_one_cpu(server_process_ids, pinned_cpu, measuring).await?
-        }
+        ServerPlacement::OneCpu {
+            cpu,
+            server_process_ids,
+        } => with_servers_on_one_cpu(server_process_ids, *cpu, measuring).await?,
     };
     Ok(UnloadedPass {
         warmup: plan.warmup,
@@ -426,34 +431,21 @@ async fn measure_unloaded_pass(
     })
 }
 
-/// Pins every thread of the servers to `pinned_cpu` for the measurement,
-/// and gives them back the CPUs they had, whatever the outcome.
+/// Pins every thread of the servers to `cpu` for the measurement, and
+/// gives them back the CPUs they had, whatever the outcome.
 async fn with_servers_on_one_cpu(
     server_process_ids: &[u32],
-    pinned_cpu: Option<usize>,
+    cpu: usize,
     measuring: UnloadedMeasuring,
 ) -> anyhow::Result<Vec<TargetMeasurement>> {
-    let Some(cpu) = pinned_cpu else {
-        anyhow::bail!("no CPU was chosen for the servers");
-    };
     // The children started with this process's CPUs, which every runtime
     // thread of this process still has.
     let every_allowed_cpu = placement::allowed_cpus()?;
-    let one_cpu = placement::only(cpu)?;
-    let mut pinned = Ok(());
-    for process_id in server_process_ids {
-        pinned = placement::pin_process(*process_id, &one_cpu);
-        if pinned.is_err() {
-            break;
-        }
-    }
-    let measured = match pinned {
+    let measured = match placement::pin_processes(server_process_ids, &placement::only(cpu)?) {
         Ok(()) => measuring.run_on_a_thread_of_its_own().await,
         Err(error) => Err(error),
     };
-    for process_id in server_process_ids {
-        placement::pin_process(*process_id, &every_allowed_cpu)?;
-    }
+    placement::pin_processes(server_process_ids, &every_allowed_cpu)?;
     measured
 }
 

@@ -1,9 +1,10 @@
 //! Where the unloaded pass of `bench http` runs. With one request in
 //! flight, a request on two idle CPUs crosses between them twice, and on a
 //! virtual machine each crossing wakes a halted vCPU through the
-//! hypervisor. On the 2-vCPU machine of docs/BENCHMARKS.md that wake made
-//! up 85 to 90% of a bare handler's 150 to 410 µs p50, and its cost
-//! changed with the host's load from minute to minute. Putting the load
+//! hypervisor. On the 2-vCPU machine of docs/BENCHMARKS.md a bare
+//! handler's p50 under `wrk -c1` was 413 µs with the threads free and 37
+//! µs with client and server on one CPU, and the free figure changed with
+//! the host's load from minute to minute. Putting the load
 //! generator's measuring thread and every thread of the servers on one CPU
 //! takes the crossing out, as `netperf -T` does for request/response
 //! tests, and leaves the work each request costs, which is what the
@@ -30,7 +31,7 @@ fn this_thread() -> Pid {
 
 /// The lowest-numbered CPU this thread may run on.
 pub fn first_allowed_cpu() -> anyhow::Result<usize> {
-    let allowed = sched_getaffinity(this_thread()).context("reading this thread's CPU set")?;
+    let allowed = allowed_cpus()?;
     for cpu in 0..CpuSet::count() {
         if allowed.is_set(cpu).unwrap_or(false) {
             return Ok(cpu);
@@ -55,9 +56,18 @@ pub fn pin_this_thread(cpus: &CpuSet) -> anyhow::Result<()> {
     sched_setaffinity(this_thread(), cpus).context("setting this thread's CPU set")
 }
 
+/// Sets the CPU set of every thread of each process, stopping at the
+/// first that fails.
+pub fn pin_processes(process_ids: &[u32], cpus: &CpuSet) -> anyhow::Result<()> {
+    for process_id in process_ids {
+        pin_process(*process_id, cpus)?;
+    }
+    Ok(())
+}
+
 /// Sets the CPU set of every thread of process `process_id`. Threads the
 /// process starts later inherit the set of the thread that starts them.
-pub fn pin_process(process_id: u32, cpus: &CpuSet) -> anyhow::Result<()> {
+fn pin_process(process_id: u32, cpus: &CpuSet) -> anyhow::Result<()> {
     let task_directory = format!("/proc/{process_id}/task");
     let threads = std::fs::read_dir(&task_directory)
         .with_context(|| format!("listing the threads of process {process_id}"))?;
