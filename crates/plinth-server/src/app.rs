@@ -9,7 +9,6 @@ use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -18,6 +17,7 @@ use utoipa_axum::routes;
 
 use crate::idempotency::IdempotencyLayer;
 use crate::middleware::auth::AuthenticateLayer;
+use crate::middleware::compression::NegotiatedCompressionLayer;
 use crate::middleware::edge::{EdgeLayer, EdgeLimits};
 use crate::middleware::request_context::REQUEST_ID_HEADER;
 use crate::problem::ApiError;
@@ -219,9 +219,7 @@ pub fn apply_middleware(mut router: Router, server_config: &ServerConfig) -> Rou
     router.layer(
         ServiceBuilder::new()
             .layer(EdgeLayer::new(limits))
-            // gzip is the only encoding compiled in (tower-http's
-            // features in the workspace), so this switches compression off.
-            .layer(CompressionLayer::new().gzip(server_config.compression))
+            .layer(NegotiatedCompressionLayer::new(server_config.compression))
             .layer(CatchPanicLayer::custom(crate::serve::panic_response))
             .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
     )

@@ -149,6 +149,12 @@ async fn large_responses_are_gzip_compressed_when_the_client_accepts_it() {
     let plain = api.get("/v1/openapi.json").await;
     assert_eq!(plain.header("content-encoding"), None);
     assert!(plain.body.len() > compressed.body.len());
+    // Both answers depend on Accept-Encoding, so both say so to caches.
+    assert_eq!(
+        compressed.header("vary").as_deref(),
+        Some("accept-encoding")
+    );
+    assert_eq!(plain.header("vary").as_deref(), Some("accept-encoding"));
 }
 
 #[tokio::test]
@@ -164,6 +170,7 @@ async fn compression_switched_off_in_config_sends_plain_bodies() {
         .await;
     assert_eq!(response.status, 200);
     assert_eq!(response.header("content-encoding"), None);
+    assert_eq!(response.header("vary"), None);
     let document: Value = serde_json::from_slice(&response.body).expect("a plain JSON body");
     assert!(document["paths"].is_object());
 }

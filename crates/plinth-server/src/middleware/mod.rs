@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod body_limit;
+pub mod compression;
 pub mod edge;
 pub mod request_context;
 pub mod request_metrics;
