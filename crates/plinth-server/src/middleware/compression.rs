@@ -153,8 +153,7 @@ fn vary_on_accept_encoding_when_compressible<ResponseBody: HttpBody>(
     {
         return;
     }
-    let already_varies_on_encoding = response
-        .headers()
+    let already_varies_on_encoding = headers
         .get_all(header::VARY)
         .iter()
         .any(names_accept_encoding);

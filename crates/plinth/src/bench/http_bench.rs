@@ -286,6 +286,11 @@ async fn measure_running_node(
     let Some(api_key) = &arguments.api_key else {
         anyhow::bail!("--target needs --api-key");
     };
+    if plan.unloaded_placement == Some(UnloadedPlacement::OneCpu) {
+        anyhow::bail!(
+            "--unloaded-placement one-cpu needs the servers' threads, so it works only without --target"
+        );
+    }
     let resolved_target = resolve_url(target_url).await?;
     if resolved_target.path.path() != "/" {
         anyhow::bail!("--target takes the node's base URL (`http://host:port`), not a path");
@@ -312,11 +317,6 @@ async fn measure_running_node(
         process_id: None,
     };
     let targets = BenchTargets::for_plinth(&plinth, api_key, bare)?;
-    if plan.unloaded_placement == Some(UnloadedPlacement::OneCpu) {
-        anyhow::bail!(
-            "--unloaded-placement one-cpu needs the servers' threads, so it works only without --target"
-        );
-    }
     // A node we did not start is not ours to watch: failures show up as
     // errors in the table instead.
     measure_both_passes(&targets, plan, &ServerPlacement::Free, || Ok(())).await
